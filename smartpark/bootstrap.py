@@ -1,0 +1,180 @@
+"""The composition root: ``bootstrap(config, overrides=...) -> App``.
+
+A dependency-injector container builds everything: the clock, the data key ring,
+the enabled adapters (through :class:`smartpark.plugins.Plugins`), the message
+bus and the services. The core never sees the container, pluggy or
+``plugins.toml``; it receives port instances. Tests pass ``overrides`` (fakes)
+for any provider by name: ``clock``, ``store``, ``keyring``, ``plugins``, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import logging
+
+import attrs
+from dependency_injector import containers, providers
+
+from .config import AppConfig, config_from_mapping, load_config
+from .core.bus import MessageBus
+from .core.clock import SystemClock
+from .core.errors import ConfigError
+from .core.services import AnnouncementService, AuditService, BalanceService, ResidentService
+from .plugins import Plugins
+from .security import KeyRing
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class PluginContext:
+    """What an adapter factory receives besides its own validated settings."""
+
+    data_dir: Path
+    keyring: KeyRing
+    clock: Any
+    config: AppConfig
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        return ZoneInfo(self.config.lot.timezone)
+
+
+def _enabled_configs(plugins: Plugins, config: AppConfig) -> dict[str, Any]:
+    return plugins.check_enabled(config.plugins.enabled, config.plugins.configured())
+
+
+#: Per kind, the method that releases an adapter's resources.
+_RELEASE = {"store": "close", "gate": "shutdown", "recognizer": "stop", "sensor": "stop"}
+
+
+def _build_kind(plugins: Plugins, enabled: dict[str, Any], context: PluginContext, closers: list,
+                kind: str) -> dict[str, Any]:
+    built = {name: plugins.build(name, cfg, context) for name, cfg in enabled.items()
+             if plugins.available()[name].kind == kind}
+    closers.extend(getattr(a, _RELEASE.get(kind, ""), None) for a in built.values())
+    return built
+
+
+def _build_store(plugins: Plugins, enabled: dict[str, Any], context: PluginContext, closers: list) -> Any:
+    stores = [n for n in enabled if plugins.available()[n].kind == "store"]
+    if len(stores) != 1:
+        offered = ", ".join(sorted(plugins.of_kind("store"))) or "(none)"
+        raise ConfigError(
+            f"必须且只能启用一个存储插件（当前：{', '.join(stores) or '无'}；可用：{offered}）",
+            f"exactly one store plugin must be enabled (enabled: {stores or 'none'}; available: {offered})",
+        )
+    store = plugins.build(stores[0], enabled[stores[0]], context)
+    closers.append(store.close)
+    store.migrate()
+    return store
+
+
+def _make_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Container(containers.DeclarativeContainer):
+    config = providers.Dependency(instance_of=AppConfig)
+    data_dir = providers.Singleton(lambda c: _make_dir(c.data_dir), config)
+    clock = providers.Singleton(SystemClock)
+    keyring = providers.Singleton(lambda c, _d: KeyRing.from_env_or_file(c.key_file), config, data_dir)
+    plugins = providers.Singleton(Plugins)
+    enabled = providers.Singleton(_enabled_configs, plugins, config)
+    context = providers.Singleton(PluginContext, data_dir=data_dir, keyring=keyring, clock=clock, config=config)
+    #: release callbacks of every adapter built from a plugin, run by App.close in reverse order
+    closers = providers.Singleton(list)
+    store = providers.Singleton(_build_store, plugins, enabled, context, closers)
+    gates = providers.Singleton(_build_kind, plugins, enabled, context, closers, "gate")
+    recognizers = providers.Singleton(_build_kind, plugins, enabled, context, closers, "recognizer")
+    sensors = providers.Singleton(_build_kind, plugins, enabled, context, closers, "sensor")
+    payment_channels = providers.Singleton(_build_kind, plugins, enabled, context, closers, "payment")
+    notifiers = providers.Singleton(_build_kind, plugins, enabled, context, closers, "notifier")
+    frontends = providers.Singleton(_build_kind, plugins, enabled, context, closers, "frontend")
+    bus = providers.Singleton(MessageBus)
+    residents = providers.Singleton(
+        ResidentService, store, clock, bus,
+        visitor_valid_for=providers.Callable(lambda c: timedelta(days=c.privacy.visitor_valid_days), config),
+        visitor_retention=providers.Callable(lambda c: timedelta(days=c.privacy.visitor_retention_days), config),
+    )
+    announcements = providers.Singleton(AnnouncementService, store, clock, bus)
+    balances = providers.Singleton(BalanceService, store, clock, bus)
+    audit = providers.Singleton(AuditService, store, clock, bus)
+
+
+@attrs.define
+class App:
+    """Everything a driving adapter (CLI, service, booth UI) needs, built once."""
+
+    container: Container
+
+    config = property(lambda self: self.container.config())
+    clock = property(lambda self: self.container.clock())
+    keyring = property(lambda self: self.container.keyring())
+    plugins = property(lambda self: self.container.plugins())
+    store = property(lambda self: self.container.store())
+    bus = property(lambda self: self.container.bus())
+    residents = property(lambda self: self.container.residents())
+    announcements = property(lambda self: self.container.announcements())
+    balances = property(lambda self: self.container.balances())
+    audit = property(lambda self: self.container.audit())
+    gates = property(lambda self: self.container.gates())
+    recognizers = property(lambda self: self.container.recognizers())
+    sensors = property(lambda self: self.container.sensors())
+    payment_channels = property(lambda self: self.container.payment_channels())
+    notifiers = property(lambda self: self.container.notifiers())
+    frontends = property(lambda self: self.container.frontends())
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        return ZoneInfo(self.config.lot.timezone)
+
+    def close(self) -> None:
+        """Release every adapter built from a plugin, newest first (overrides belong to the caller)."""
+        closers = self.container.closers()
+        while closers:
+            _quietly(closers.pop())
+
+    def __enter__(self) -> "App":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _quietly(fn: Any) -> None:
+    if fn is None:
+        return
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - shutting down: keep closing the rest
+        log.exception("error while closing %r", fn)
+
+
+def bootstrap(config: AppConfig | Mapping[str, Any] | str | Path | None = None, *,
+              overrides: Mapping[str, Any] | None = None) -> App:
+    """Build the application from a config (object, mapping, or path to plugins.toml).
+
+    ``overrides`` replaces providers by name with ready instances, e.g.
+    ``bootstrap(cfg, overrides={"store": InMemoryStore(), "clock": FakeClock()})``.
+    """
+    if isinstance(config, AppConfig):
+        cfg = config
+    elif isinstance(config, Mapping):
+        cfg = config_from_mapping(dict(config))
+    else:
+        cfg = load_config(config)
+    container = Container(config=cfg)
+    for name, instance in (overrides or {}).items():
+        provider = getattr(container, name, None)
+        if not isinstance(provider, providers.Provider):
+            known = ", ".join(sorted(container.providers))
+            raise ConfigError(f"无法覆盖未知组件 {name}", f"cannot override unknown provider {name!r}; known: {known}")
+        provider.override(providers.Object(instance))
+    return App(container)

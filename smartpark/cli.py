@@ -1,0 +1,1154 @@
+"""The ``smartpark`` command (智慧社区停车场服务命令行).
+
+A driving adapter: it parses arguments, calls the use cases of
+:mod:`smartpark.core.services` through :func:`smartpark.bootstrap.bootstrap`, and
+shows the results in Simplified Chinese. It holds no business rules and no SQL.
+
+Global options (before the command)::
+
+    smartpark [-c PATH] [--actor NAME] [--debug] COMMAND ...
+
+``--config/-c`` defaults to ``$SMARTPARK_CONFIG`` or ``./plugins.toml``; ``--actor``
+(who is recorded in the audit log) defaults to ``cli:<os user>``. The application is
+built only by commands that need it, and always closed afterwards.
+
+Exit codes (退出码):
+
+====  =====================================================================
+0     success / 成功
+1     validation error: bad input refused by a domain rule, an import with bad
+      records, a deletion that was not confirmed / 输入有误
+2     usage error from the command-line parser (unknown option, missing
+      argument) / 用法错误
+3     configuration error: plugins.toml, plugin settings, the data key / 配置错误
+4     not found / 记录不存在
+5     conflict with existing data (plate or ID number already registered,
+      file already exists) / 与现有数据冲突
+6     integrity failure: the audit chain is broken, or stored data does not
+      decrypt (tampered with, or the wrong key) / 完整性校验失败
+70    internal error (a bug): a traceback is shown only with ``--debug`` / 内部错误
+130   interrupted (Ctrl-C) / 已中断
+====  =====================================================================
+
+Expected errors print ``错误：<中文说明>`` in red on stderr, followed by the
+English text in dim style (for logs and support), and never a traceback.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import datetime, tzinfo
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .core.errors import ConfigError, Conflict, NotFound, SmartparkError, ValidationError
+
+if TYPE_CHECKING:
+    from .bootstrap import App
+    from .core.entities import Announcement, AuditEntry, Owner, Visitor
+
+# -- exit codes ------------------------------------------------------------------------------------
+EXIT_OK = 0
+EXIT_VALIDATION = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_NOT_FOUND = 4
+EXIT_CONFLICT = 5
+EXIT_INTEGRITY = 6
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+CONFIG_ENV = "SMARTPARK_CONFIG"
+DATA_KEY_ENV = "SMARTPARK_DATA_KEY"
+TIME_FORMAT = "%Y-%m-%d %H:%M"
+
+
+class IntegrityError(SmartparkError):
+    """The CLI's signal for exit code 6 (stored data failed an integrity check)."""
+
+
+def exit_code_for(err: BaseException) -> int:
+    """The documented exit code for an expected error."""
+    if isinstance(err, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(err, NotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(err, Conflict):
+        return EXIT_CONFLICT
+    if isinstance(err, IntegrityError) or _is_decryption_error(err):
+        return EXIT_INTEGRITY
+    return EXIT_VALIDATION
+
+
+def _is_decryption_error(err: BaseException) -> bool:
+    try:
+        from .security import DecryptionError
+    except Exception:  # noqa: BLE001 - the security module is optional for this check
+        return False
+    return isinstance(err, DecryptionError)
+
+
+# -- output ----------------------------------------------------------------------------------------
+def _console(stream: Any) -> Console:
+    """A console on ``stream``; when it is not a terminal, wide enough that tables and ids are not cut."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return Console(file=stream, highlight=False, width=None if tty else 160, soft_wrap=False)
+
+
+def _out() -> Console:
+    return _console(sys.stdout)
+
+
+def _err() -> Console:
+    return _console(sys.stderr)
+
+
+def _t(value: Any, style: str = "") -> Text:
+    """User data as plain text (never interpreted as rich markup)."""
+    return Text("" if value is None else str(value), style=style)
+
+
+def _ok(message: str) -> None:
+    _out().print(Text.assemble(("✓ ", "green"), message))
+
+
+def _note(message: str) -> None:
+    _err().print(Text(message, style="dim"))
+
+
+def print_error(zh: str, en: str | None = None) -> None:
+    """``错误：<zh>`` in red on stderr, then the English text dimmed."""
+    console = _err()
+    console.print(Text(f"错误：{zh}", style="bold red"))
+    if en:
+        console.print(Text(en, style="dim"))
+
+
+def _when(at: datetime | None, tz: tzinfo) -> str:
+    return "—" if at is None else at.astimezone(tz).strftime(TIME_FORMAT)
+
+
+# -- global state ----------------------------------------------------------------------------------
+def _default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        user = os.environ.get("USER") or str(os.getuid() if hasattr(os, "getuid") else "unknown")
+    return f"cli:{user}"
+
+
+class CliState:
+    """What the global options set; builds the application on first use and closes it at the end."""
+
+    def __init__(self, config_path: Path, actor: str, debug: bool) -> None:
+        self.config_path = config_path
+        self.actor = actor
+        self.debug = debug
+        self._app: App | None = None
+
+    @property
+    def app(self) -> App:
+        if self._app is None:
+            from .bootstrap import bootstrap
+
+            self._app = bootstrap(self.config_path)
+        return self._app
+
+    def close(self) -> None:
+        if self._app is not None:
+            app, self._app = self._app, None
+            app.close()
+
+
+def _state(ctx: typer.Context) -> CliState:
+    state = ctx.find_root().obj
+    if not isinstance(state, CliState):  # invoked without the root callback (should not happen)
+        state = CliState(Path(os.environ.get(CONFIG_ENV) or "plugins.toml"), _default_actor(), False)
+        ctx.find_root().obj = state
+        ctx.find_root().call_on_close(state.close)
+    return state
+
+
+class _Group(typer.core.TyperGroup):
+    """The root group: turns expected errors into a message and an exit code, everywhere below it."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except KeyboardInterrupt:
+            _err().print(Text("已中断", style="yellow"))
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except SmartparkError as e:
+            print_error(e.zh, e.en)
+            raise typer.Exit(exit_code_for(e)) from None
+        except Exception as e:  # noqa: BLE001 - the last line of defence
+            if _is_decryption_error(e):
+                print_error("存储的数据无法解密：数据可能被篡改，或使用了错误的数据密钥",
+                            f"stored data does not decrypt (tampered with, or the wrong data key): {e}")
+                raise typer.Exit(EXIT_INTEGRITY) from None
+            debug = isinstance(ctx.obj, CliState) and ctx.obj.debug
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            print_error(f"内部错误：{type(e).__name__}: {e}" + ("" if debug else "（加 --debug 查看详细信息）"),
+                        "internal error; this is a bug: please report it with the output of --debug")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+
+# -- the command tree ------------------------------------------------------------------------------
+HELP = (
+    "智慧社区停车场服务命令行 / smartpark command line.\n\n"
+    "退出码 / exit codes：0 成功 · 1 输入有误 · 2 用法错误 · 3 配置错误 · 4 不存在 · 5 冲突 · "
+    "6 完整性校验失败 · 70 内部错误 · 130 已中断（详见 docs/cli.md）"
+)
+
+app = typer.Typer(
+    cls=_Group, help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+owner_app = typer.Typer(help="业主管理 / owners (residents)", no_args_is_help=True)
+visitor_app = typer.Typer(help="访客管理 / visitors", no_args_is_help=True)
+announce_app = typer.Typer(help="公告 / announcements", no_args_is_help=True)
+audit_app = typer.Typer(help="审计日志 / the audit log", no_args_is_help=True)
+app.add_typer(owner_app, name="owner")
+app.add_typer(visitor_app, name="visitor")
+app.add_typer(announce_app, name="announce")
+app.add_typer(audit_app, name="audit")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"smartpark {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", envvar=CONFIG_ENV, show_envvar=True,
+        help="配置文件路径（默认 ./plugins.toml）/ path of plugins.toml")] = None,
+    actor: Annotated[str | None, typer.Option(
+        "--actor", help="记入审计日志的操作人（默认 cli:<系统用户>）/ who is recorded in the audit log")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="出现内部错误时显示调用栈 / show tracebacks of internal errors")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="显示版本 / show the version")] = False,
+) -> None:
+    state = CliState(config or Path("plugins.toml"), actor if actor is not None else _default_actor(), debug)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+# -- shared pieces ---------------------------------------------------------------------------------
+REASON_HELP = "修改原因（记入审计日志）/ reason, recorded in the audit log"
+YES_HELP = "不再询问，直接确认 / do not ask for confirmation"
+
+
+def _confirm(question: str) -> None:
+    """Ask; refuse (exit 1) on 'no' or when there is no input to answer from."""
+    try:
+        answer = typer.confirm(question, default=False)
+    except typer.Abort:
+        _err().print()
+        raise ValidationError("未确认，未做任何修改（非交互使用时请加 --yes）",
+                              "not confirmed (no input); nothing changed. Pass --yes to confirm non-interactively",
+                              field="yes") from None
+    if not answer:
+        raise ValidationError("已取消，未做任何修改", "cancelled; nothing changed", field="yes")
+
+
+def _plates(holder: Any) -> str:
+    return "、".join(p.masked for p in holder.plates)
+
+
+def _owners_table(owners: Sequence[Owner], tz: tzinfo, title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name, kw in (("编号", {"no_wrap": True}), ("姓名", {}), ("身份证号", {"no_wrap": True}),
+                     ("手机号", {"no_wrap": True}), ("车牌", {}), ("余额", {"justify": "right", "no_wrap": True}),
+                     ("车位已满通知", {}), ("登记时间", {"no_wrap": True})):
+        table.add_column(name, **kw)
+    for o in owners:
+        table.add_row(_t(o.id), _t(o.name), _t(o.id_number.masked), _t(o.phone.masked), _t(_plates(o)),
+                      _t(o.balance), _t("不接收" if o.lot_full_opt_out else "接收"), _t(_when(o.created_at, tz)))
+    return table
+
+
+def _visitors_table(visitors: Sequence[Visitor], tz: tzinfo, title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name in ("编号", "姓名", "身份证号", "手机号", "车牌", "登记有效至", "最近到访", "同意时间"):
+        table.add_column(name, no_wrap=name != "姓名")
+    for v in visitors:
+        table.add_row(_t(v.id), _t(v.name), _t(v.id_number.masked), _t(v.phone.masked), _t(v.plate.masked),
+                      _t(_when(v.valid_until, tz)), _t(_when(v.last_seen_at, tz)), _t(_when(v.consent_at, tz)))
+    return table
+
+
+def _lookup(query: str, get: Callable[[str], Any], find: Callable[[str], list[Any]]) -> list[Any]:
+    """By id first, then by plate, mobile number, ID number or (owners) part of a name."""
+    query = query.strip()
+    try:
+        return [get(query)]
+    except NotFound:
+        return find(query)
+
+
+# -- init ------------------------------------------------------------------------------------------
+def _template_text() -> str:
+    return resources.files("smartpark").joinpath("resources", "plugins.toml").read_text(encoding="utf-8")
+
+
+def _files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+
+
+def _initialise(config_path: Path) -> dict[str, Any]:
+    """Bootstrap once from ``config_path``: data folder, key file, migrated database. Returns what happened."""
+    from .bootstrap import bootstrap
+    from .config import load_config
+
+    cfg = load_config(config_path)
+    before = _files_under(cfg.data_dir)
+    dir_existed = cfg.data_dir.exists()
+    application = bootstrap(cfg)
+    try:
+        application.store  # noqa: B018 - builds the key ring, the data folder and the store, and migrates
+    finally:
+        application.close()
+    after = _files_under(cfg.data_dir)
+    return {"config": cfg, "data_dir": cfg.data_dir, "data_dir_created": not dir_existed,
+            "key_file": cfg.key_file, "key_from_env": bool(os.environ.get(DATA_KEY_ENV, "").strip()),
+            "key_created": cfg.key_file in after - before, "new_files": sorted(after - before)}
+
+
+@app.command("init")
+def init_cmd(
+    directory: Annotated[Path, typer.Argument(help="目标目录（默认当前目录）/ target folder")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="覆盖已有的 plugins.toml / overwrite an existing plugins.toml")] = False,
+) -> None:
+    """初始化：写入 plugins.toml，创建数据目录、数据密钥和数据库 / create plugins.toml, the data folder, key and database."""
+    target = directory / "plugins.toml"
+    if target.exists() and not force:
+        raise Conflict(f"{target} 已存在，未做修改；如需覆盖请加 --force",
+                       f"{target} already exists; nothing changed (use --force to overwrite)")
+    directory.mkdir(parents=True, exist_ok=True)
+    target.write_text(_template_text(), encoding="utf-8")
+    _ok(f"已写入配置文件 {target.resolve()}")
+    done = _initialise(target)
+    _ok(f"数据目录 {done['data_dir']}" + ("（新建）" if done["data_dir_created"] else "（已存在）"))
+    if done["key_from_env"]:
+        _ok(f"使用环境变量 {DATA_KEY_ENV} 中的数据密钥（未创建密钥文件）")
+    elif done["key_created"]:
+        _ok(f"已创建数据密钥文件 {done['key_file']}（权限 0600）——请妥善备份，丢失后加密数据无法恢复")
+    else:
+        _ok(f"沿用已有的数据密钥文件 {done['key_file']}")
+    for f in done["new_files"]:
+        if f != done["key_file"]:
+            _ok(f"已创建 {f}")
+    _ok("数据库已迁移到最新版本")
+    prefix = "" if directory.resolve() == Path.cwd().resolve() else f"-c {target} "
+    out = _out()
+    out.print(Text("\n下一步：", style="bold"))
+    out.print(_t(f"  1. 按需编辑 {target}：车场名称、车位数、收费标准、启用的插件"))
+    out.print(_t(f"  2. smartpark {prefix}plugins            查看已安装和已启用的插件"))
+    out.print(_t(f"  3. smartpark {prefix}owner add --name 张三 --id-number <身份证号> --phone <手机号> --plate 京A12345"))
+    out.print(_t(f"  4. smartpark {prefix}audit verify       校验审计日志"))
+
+
+# -- owners ----------------------------------------------------------------------------------------
+@owner_app.command("add")
+def owner_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", help="姓名 / name")],
+    id_number: Annotated[str, typer.Option("--id-number", help="身份证号（18 位）/ resident ID number")],
+    phone: Annotated[str, typer.Option("--phone", help="手机号 / mobile number")],
+    plate: Annotated[list[str], typer.Option("--plate", help="车牌，可重复 / plate, repeatable")],
+    no_lot_full_notice: Annotated[bool, typer.Option(
+        "--no-lot-full-notice", help="不接收车位已满通知 / opt out of lot-full notices")] = False,
+) -> None:
+    """登记业主 / register an owner."""
+    st = _state(ctx)
+    owner = st.app.residents.register_owner(name=name, id_number=id_number, phone=phone, plates=plate,
+                                            actor=st.actor, lot_full_opt_out=no_lot_full_notice)
+    _ok(f"已登记业主 {owner.name}（编号 {owner.id}）")
+    _out().print(_owners_table([owner], st.app.timezone))
+
+
+@owner_app.command("show")
+def owner_show(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="车牌、手机号、身份证号、业主编号或姓名的一部分 / plate, mobile, ID number, owner id or part of a name")],
+) -> None:
+    """查询业主（显示脱敏信息）/ find owners (masked)."""
+    st = _state(ctx)
+    r = st.app.residents
+    owners = _lookup(query, r.get_owner, r.find_owners)
+    if not owners:
+        raise NotFound(f"没有找到与“{query}”匹配的业主", f"no owner matches {query!r}")
+    _out().print(_owners_table(owners, st.app.timezone, title=f"找到 {len(owners)} 位业主"))
+
+
+@owner_app.command("list")
+def owner_list(
+    ctx: typer.Context,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="跳过前 N 位 / skip the first N")] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="最多显示 N 位 / show at most N")] = 50,
+) -> None:
+    """列出业主（按登记顺序）/ list owners in registration order."""
+    st = _state(ctx)
+    owners = st.app.residents.list_owners(offset, limit)
+    total = st.app.residents.count_owners()
+    if not owners:
+        _out().print(_t(f"暂无业主（共 {total} 位）"))
+        return
+    _out().print(_owners_table(owners, st.app.timezone,
+                               title=f"业主 第 {offset + 1}–{offset + len(owners)} 位，共 {total} 位"))
+
+
+@owner_app.command("change-plate")
+def owner_change_plate(
+    ctx: typer.Context,
+    owner_id: Annotated[str, typer.Argument(help="业主（或访客）编号 / owner (or visitor) id")],
+    old: Annotated[str, typer.Argument(help="原车牌 / the registered plate")],
+    new: Annotated[str, typer.Argument(help="新车牌 / the new plate")],
+    reason: Annotated[str, typer.Option("--reason", help=REASON_HELP)],
+) -> None:
+    """更换车牌（记入审计日志）/ change a plate (audited)."""
+    st = _state(ctx)
+    holder = st.app.residents.change_plate(owner_id, old, new, reason=reason, actor=st.actor)
+    _ok(f"已为 {holder.name} 更换车牌，现有车牌：{_plates(holder)}（已记入审计日志）")
+
+
+@owner_app.command("add-plate")
+def owner_add_plate(
+    ctx: typer.Context,
+    owner_id: Annotated[str, typer.Argument(help="业主编号 / owner id")],
+    plate: Annotated[str, typer.Argument(help="新增车牌 / plate to add")],
+    reason: Annotated[str, typer.Option("--reason", help=REASON_HELP)],
+) -> None:
+    """为业主增加车牌 / add a plate to an owner."""
+    st = _state(ctx)
+    owner = st.app.residents.add_plate(owner_id, plate, reason=reason, actor=st.actor)
+    _ok(f"已为 {owner.name} 增加车牌，现有车牌：{_plates(owner)}（已记入审计日志）")
+
+
+@owner_app.command("remove-plate")
+def owner_remove_plate(
+    ctx: typer.Context,
+    owner_id: Annotated[str, typer.Argument(help="业主编号 / owner id")],
+    plate: Annotated[str, typer.Argument(help="要移除的车牌 / plate to remove")],
+    reason: Annotated[str, typer.Option("--reason", help=REASON_HELP)],
+) -> None:
+    """移除业主的一个车牌 / remove one of an owner's plates."""
+    st = _state(ctx)
+    owner = st.app.residents.remove_plate(owner_id, plate, reason=reason, actor=st.actor)
+    _ok(f"已为 {owner.name} 移除车牌，现有车牌：{_plates(owner)}（已记入审计日志）")
+
+
+@owner_app.command("change-phone")
+def owner_change_phone(
+    ctx: typer.Context,
+    owner_id: Annotated[str, typer.Argument(help="业主（或访客）编号 / owner (or visitor) id")],
+    phone: Annotated[str, typer.Argument(help="新手机号 / the new mobile number")],
+    reason: Annotated[str, typer.Option("--reason", help=REASON_HELP)],
+) -> None:
+    """修改手机号（记入审计日志）/ change the mobile number (audited)."""
+    st = _state(ctx)
+    holder = st.app.residents.change_phone(owner_id, phone, reason=reason, actor=st.actor)
+    _ok(f"已将 {holder.name} 的手机号改为 {holder.phone.masked}（已记入审计日志）")
+
+
+@owner_app.command("change-id-number")
+def owner_change_id_number(
+    ctx: typer.Context,
+    owner_id: Annotated[str, typer.Argument(help="业主（或访客）编号 / owner (or visitor) id")],
+    id_number: Annotated[str, typer.Argument(metavar="ID", help="新身份证号 / the new ID number")],
+    reason: Annotated[str, typer.Option("--reason", help=REASON_HELP)],
+) -> None:
+    """修改身份证号（记入审计日志）/ change the ID number (audited)."""
+    st = _state(ctx)
+    holder = st.app.residents.change_id_number(owner_id, id_number, reason=reason, actor=st.actor)
+    _ok(f"已将 {holder.name} 的身份证号改为 {holder.id_number.masked}（已记入审计日志）")
+
+
+class RevealField(str, Enum):
+    id_number = "id_number"
+    phone = "phone"
+
+
+@owner_app.command("reveal")
+def owner_reveal(
+    ctx: typer.Context,
+    owner_id: Annotated[str, typer.Argument(help="业主（或访客）编号 / owner (or visitor) id")],
+    field: Annotated[RevealField, typer.Option("--field", help="要查看的字段 / the field to reveal")],
+    reason: Annotated[str, typer.Option("--reason", help="查看原因（记入审计日志）/ why, recorded in the audit log")],
+) -> None:
+    """查看完整的身份证号或手机号（记入审计日志）/ show a full ID number or phone (audited)."""
+    st = _state(ctx)
+    value = st.app.residents.reveal(owner_id, field.value, actor=st.actor, reason=reason)
+    typer.echo(value)
+    _note(f"已记入审计日志：{st.actor} 查看了 {'身份证号' if field is RevealField.id_number else '手机号'}")
+
+
+LEDGER_KINDS = {"topup": "充值", "charge": "扣费", "refund": "退款", "adjust": "调整"}
+
+
+@owner_app.command("balance")
+def owner_balance(
+    ctx: typer.Context,
+    owner_id: Annotated[str, typer.Argument(help="业主编号 / owner id")],
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="最近流水条数 / recent entries")] = 20,
+) -> None:
+    """余额与最近流水 / balance, recent ledger and last payment."""
+    st = _state(ctx)
+    tz = st.app.timezone
+    owner = st.app.residents.get_owner(owner_id)
+    view = st.app.balances.view(owner_id, limit)
+    out = _out()
+    out.print(Text.assemble(("业主：", "bold"), str(owner.name), f"（{_plates(owner)}）"))
+    out.print(Text.assemble(("余额：", "bold"), (str(view.balance), "red" if view.balance.is_negative else "")))
+    out.print(Text.assemble(("最近缴费：", "bold"), _when(view.last_payment_at, tz)))
+    if not view.recent:
+        out.print(_t("暂无流水"))
+        return
+    table = Table(title="最近流水", title_justify="left", header_style="bold")
+    for name in ("时间", "类型", "金额", "变动后余额", "流水号", "备注"):
+        table.add_column(name, justify="right" if name in ("金额", "变动后余额") else "left")
+    for e in view.recent:
+        table.add_row(_t(_when(e.at, tz)), _t(LEDGER_KINDS.get(e.kind, e.kind)), _t(e.delta), _t(e.balance_after),
+                      _t(e.ref), _t(e.note))
+    out.print(table)
+
+
+@owner_app.command("delete")
+def owner_delete(
+    ctx: typer.Context,
+    owner_id: Annotated[str, typer.Argument(help="业主编号 / owner id")],
+    reason: Annotated[str, typer.Option("--reason", help="删除原因（记入审计日志）/ why, recorded in the audit log")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help=YES_HELP)] = False,
+) -> None:
+    """删除业主（需确认）/ delete an owner (asks first)."""
+    st = _state(ctx)
+    owner = st.app.residents.get_owner(owner_id)
+    if not yes:
+        _confirm(f"确定删除业主 {owner.name}（车牌 {_plates(owner)}，余额 {owner.balance}）吗？此操作不可撤销")
+    st.app.residents.delete_owner(owner_id, actor=st.actor, reason=reason)
+    _ok(f"已删除业主 {owner.name}（编号 {owner_id}，已记入审计日志）")
+
+
+# -- visitors --------------------------------------------------------------------------------------
+@visitor_app.command("add")
+def visitor_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", help="姓名 / name")],
+    id_number: Annotated[str, typer.Option("--id-number", help="身份证号 / resident ID number")],
+    phone: Annotated[str, typer.Option("--phone", help="手机号 / mobile number")],
+    plate: Annotated[str, typer.Option("--plate", help="车牌 / plate")],
+    consent: Annotated[bool, typer.Option(
+        "--consent", help="访客已阅读并同意《个人信息处理说明》/ the visitor agreed to the personal-information notice")] = False,
+) -> None:
+    """登记访客（须经访客同意）/ register a visitor (needs consent)."""
+    st = _state(ctx)
+    visitor = st.app.residents.register_visitor(name=name, id_number=id_number, phone=phone, plate=plate,
+                                                consent=consent, actor=st.actor)
+    tz = st.app.timezone
+    _ok(f"已登记访客 {visitor.name}（编号 {visitor.id}），有效期至 {_when(visitor.valid_until, tz)}")
+    _out().print(_visitors_table([visitor], tz))
+
+
+@visitor_app.command("show")
+def visitor_show(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="车牌、手机号、身份证号或访客编号 / plate, mobile, ID number or visitor id")],
+) -> None:
+    """查询访客（显示脱敏信息）/ find visitors (masked)."""
+    st = _state(ctx)
+    r = st.app.residents
+    visitors = _lookup(query, r.get_visitor, r.find_visitors)
+    if not visitors:
+        raise NotFound(f"没有找到与“{query}”匹配的访客", f"no visitor matches {query!r}")
+    _out().print(_visitors_table(visitors, st.app.timezone, title=f"找到 {len(visitors)} 位访客"))
+
+
+@visitor_app.command("list")
+def visitor_list(
+    ctx: typer.Context,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="跳过前 N 位 / skip the first N")] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="最多显示 N 位 / show at most N")] = 50,
+) -> None:
+    """列出访客 / list visitors."""
+    st = _state(ctx)
+    visitors = st.app.residents.list_visitors(offset, limit)
+    if not visitors:
+        _out().print(_t("暂无访客"))
+        return
+    _out().print(_visitors_table(visitors, st.app.timezone, title=f"访客 第 {offset + 1}–{offset + len(visitors)} 位"))
+
+
+@visitor_app.command("delete")
+def visitor_delete(
+    ctx: typer.Context,
+    visitor_id: Annotated[str, typer.Argument(help="访客编号 / visitor id")],
+    reason: Annotated[str, typer.Option("--reason", help="删除原因（记入审计日志）/ why, recorded in the audit log")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help=YES_HELP)] = False,
+) -> None:
+    """删除访客（需确认）/ delete a visitor (asks first)."""
+    st = _state(ctx)
+    visitor = st.app.residents.get_visitor(visitor_id)
+    if not yes:
+        _confirm(f"确定删除访客 {visitor.name}（车牌 {visitor.plate.masked}）吗？此操作不可撤销")
+    st.app.residents.delete_visitor(visitor_id, actor=st.actor, reason=reason)
+    _ok(f"已删除访客 {visitor.name}（编号 {visitor_id}，已记入审计日志）")
+
+
+# -- announcements ---------------------------------------------------------------------------------
+def _parse_time(text: str | None, tz: tzinfo, option: str) -> datetime | None:
+    """ISO 8601; a time without an offset is in the lot's time zone."""
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValidationError(f"{option} 的时间“{text}”格式不正确，应为如 2024-05-01 08:00 或 2024-05-01T08:00+08:00",
+                              f"{option}: {text!r} is not an ISO 8601 time such as 2024-05-01T08:00",
+                              field=option) from None
+    return at.replace(tzinfo=tz) if at.tzinfo is None else at
+
+
+def _announcement_state(a: Announcement, now: datetime) -> str:
+    if a.is_current(now):
+        return "生效中"
+    return "未生效" if now < a.valid_from else "已过期"
+
+
+@announce_app.command("publish")
+def announce_publish(
+    ctx: typer.Context,
+    title: Annotated[str, typer.Option("--title", help="标题（1–60 字）/ title")],
+    body: Annotated[str, typer.Option("--body", help="内容（1–2000 字）/ text")],
+    valid_from: Annotated[str | None, typer.Option(
+        "--from", help="生效时间，ISO 格式，不带时区时按车场时区（默认现在）/ start, ISO 8601; naive = lot time zone")] = None,
+    valid_until: Annotated[str | None, typer.Option(
+        "--until", help="截止时间，ISO 格式（默认长期有效）/ end, ISO 8601")] = None,
+) -> None:
+    """发布公告 / publish an announcement."""
+    st = _state(ctx)
+    tz = st.app.timezone
+    a = st.app.announcements.publish(title=title, body=body, actor=st.actor,
+                                     valid_from=_parse_time(valid_from, tz, "--from"),
+                                     valid_until=_parse_time(valid_until, tz, "--until"))
+    until = _when(a.valid_until, tz) if a.valid_until else "长期有效"
+    _ok(f"已发布公告“{a.title}”（编号 {a.id}），{_when(a.valid_from, tz)} 起至 {until}")
+
+
+@announce_app.command("list")
+def announce_list(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", help="包括未生效和已过期的公告 / include future and expired ones")] = False,
+) -> None:
+    """列出公告（默认只列当前生效的）/ list announcements (current ones by default)."""
+    st = _state(ctx)
+    tz = st.app.timezone
+    items = st.app.announcements.list() if all_ else st.app.announcements.current()
+    if not items:
+        _out().print(_t("暂无公告" if all_ else "当前没有生效的公告"))
+        return
+    now = st.app.clock.now()
+    table = Table(title=("全部公告" if all_ else "当前公告") + f"（{len(items)} 条）", title_justify="left",
+                  header_style="bold")
+    for name in ("编号", "标题", "内容", "生效时间", "截止时间", "状态", "发布人"):
+        table.add_column(name, no_wrap=name in ("编号", "生效时间", "截止时间", "状态"))
+    for a in items:
+        table.add_row(_t(a.id), _t(a.title), _t(a.body), _t(_when(a.valid_from, tz)),
+                      _t(_when(a.valid_until, tz) if a.valid_until else "长期"), _t(_announcement_state(a, now)),
+                      _t(a.created_by))
+    _out().print(table)
+
+
+@announce_app.command("delete")
+def announce_delete(
+    ctx: typer.Context,
+    announcement_id: Annotated[str, typer.Argument(metavar="ID", help="公告编号 / announcement id")],
+) -> None:
+    """删除公告 / delete an announcement."""
+    st = _state(ctx)
+    st.app.announcements.delete(announcement_id, actor=st.actor)
+    _ok(f"已删除公告 {announcement_id}")
+
+
+# -- export / import / purge -----------------------------------------------------------------------
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner may read (it holds full personal data)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    if os.name == "posix":
+        os.chmod(path, 0o600)
+
+
+@app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="输出文件（默认标准输出）/ output file (default stdout)")] = None,
+    include_sensitive: Annotated[bool, typer.Option(
+        "--include-sensitive", help="导出完整的身份证号、手机号和车牌（须填写 --reason，记入审计日志）/ full values (audited)")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="导出完整信息的原因 / why (with --include-sensitive)")] = None,
+) -> None:
+    """导出业主和访客（JSON，默认脱敏）/ export owners and visitors as JSON (masked by default)."""
+    st = _state(ctx)
+    if include_sensitive and not (reason or "").strip():
+        raise typer.BadParameter("使用 --include-sensitive 时必须用 --reason 说明导出原因 / --include-sensitive needs --reason",
+                                 param_hint="'--reason'")
+    data = st.app.residents.export_residents(actor=st.actor, include_sensitive=include_sensitive, reason=reason or "")
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    summary = f"{len(data['owners'])} 位业主、{len(data['visitors'])} 位访客"
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if include_sensitive:
+            _note(f"注意：以上输出包含完整的身份证号、手机号和车牌（{summary}，已记入审计日志）")
+        return
+    if include_sensitive:
+        _write_private(output, text)
+        _ok(f"已导出 {summary} 到 {output}（含完整敏感信息，文件权限 0600，已记入审计日志）")
+    else:
+        output.write_text(text, encoding="utf-8")
+        _ok(f"已导出 {summary} 到 {output}（已脱敏）")
+
+
+@app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="由 export --include-sensitive 导出的 JSON 文件，- 表示标准输入 / a full export; - for stdin")],
+) -> None:
+    """导入业主和访客：全部有效才写入，否则一条也不写 / import owners and visitors: all or nothing."""
+    st = _state(ctx)
+    try:
+        raw = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NotFound(f"找不到文件 {file}", f"file {file} not found") from None
+    except UnicodeDecodeError:
+        raise ValidationError(f"文件 {file} 不是 UTF-8 文本", f"{file} is not UTF-8 text") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValidationError(f"文件 {file} 不是有效的 JSON（第 {e.lineno} 行第 {e.colno} 列）",
+                              f"{file} is not valid JSON: {e}") from None
+    report = st.app.residents.import_residents(data, actor=st.actor)
+    if not report.ok:
+        table = Table(title="导入失败，以下记录有问题（位置从 1 开始，先业主后访客）", title_justify="left", header_style="bold")
+        table.add_column("位置", justify="right", no_wrap=True)
+        table.add_column("字段", no_wrap=True)
+        table.add_column("问题")
+        table.add_column("Problem", style="dim")
+        for p in report.problems:
+            table.add_row(_t("整个文件" if p.position == 0 else f"第 {p.position} 条"), _t(p.field or "—"), _t(p.zh),
+                          _t(p.en))
+        _err().print(table)
+        raise ValidationError(f"导入失败：共 {len(report.problems)} 处问题，未写入任何数据",
+                              f"import refused: {len(report.problems)} problem(s); nothing was written")
+    _ok(f"已导入 {report.owners} 位业主、{report.visitors} 位访客（已记入审计日志）")
+
+
+@app.command("purge")
+def purge_cmd(ctx: typer.Context) -> None:
+    """清理超过保留期的访客记录 / delete visitors past the retention period."""
+    st = _state(ctx)
+    count = st.app.residents.purge_visitors(actor=st.actor)
+    days = st.app.config.privacy.visitor_retention_days
+    if count:
+        _ok(f"已清理 {count} 条访客记录（超过 {days} 天未到访，已记入审计日志）")
+    else:
+        _ok(f"没有需要清理的访客记录（保留期 {days} 天），共清理 0 条")
+
+
+# -- audit -----------------------------------------------------------------------------------------
+@audit_app.command("verify")
+def audit_verify(ctx: typer.Context) -> None:
+    """校验审计日志的哈希链 / check the audit log's hash chain."""
+    st = _state(ctx)
+    result = st.app.audit.verify()
+    if result.ok:
+        _ok(f"审计日志完整（共 {result.checked} 条）")
+        return
+    raise IntegrityError(
+        f"审计日志校验失败：第 {result.broken_seq} 条记录有问题——{result.reason_zh}（此前 {result.checked} 条正常）",
+        f"audit chain broken at record {result.broken_seq}: {result.reason_en} ({result.checked} records before it are intact)",
+    )
+
+
+def _details(details: dict[str, Any]) -> str:
+    return json.dumps(details, ensure_ascii=False, separators=(", ", ": "), default=str)
+
+
+@audit_app.command("log")
+def audit_log(
+    ctx: typer.Context,
+    subject: Annotated[str | None, typer.Option("--subject", help="对象，如 owner:<编号> / subject such as owner:<id>")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000, help="最多显示 N 条 / at most N records")] = 50,
+) -> None:
+    """查看审计日志 / show audit records."""
+    st = _state(ctx)
+    tz = st.app.timezone
+    entries: Sequence[AuditEntry] = st.app.audit.recent(subject, limit)
+    if not entries:
+        _out().print(_t("没有审计记录"))
+        return
+    table = Table(title=f"审计记录（{len(entries)} 条）", title_justify="left", header_style="bold")
+    for name in ("序号", "时间", "操作人", "操作", "对象", "详情"):
+        table.add_column(name, no_wrap=name in ("序号", "时间"), justify="right" if name == "序号" else "left")
+    for e in entries:
+        table.add_row(_t(e.seq), _t(_when(e.at, tz)), _t(e.actor), _t(e.action), _t(e.subject), _t(_details(e.details)))
+    _out().print(table)
+
+
+# -- plugins ---------------------------------------------------------------------------------------
+KIND_NAMES = {"store": "存储", "gate": "道闸", "recognizer": "车牌识别", "sensor": "车位传感器", "payment": "支付",
+              "notifier": "消息通知", "frontend": "前端", "?": "加载失败"}
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return "\n".join(f"{k} = {json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
+                     for k, v in settings.items()) or "—"
+
+
+@app.command("plugins")
+def plugins_cmd(ctx: typer.Context) -> None:
+    """列出已安装的插件及启用状态（设置中的密钥已隐藏）/ list installed plugins, enabled ones, redacted settings."""
+    from .config import load_config
+    from .plugins import Plugins
+
+    st = _state(ctx)
+    if st.config_path.exists():
+        cfg = load_config(st.config_path)
+        enabled, settings = list(cfg.plugins.enabled), cfg.plugins.configured()
+        source = f"配置文件：{cfg.source or st.config_path}"
+    else:
+        enabled, settings = [], {}
+        source = f"未找到配置文件 {st.config_path}：没有启用任何插件（运行 smartpark init 创建）"
+    plugins = Plugins()
+    rows = plugins.listing(enabled, settings)
+    listed = {r["name"] for r in rows}
+    rows += [{"name": n, "kind": "?", "enabled": True, "provider": "—", "description": "未安装 / not installed",
+              "settings": {}} for n in enabled if n not in listed]
+    table = Table(title="插件", title_justify="left", header_style="bold")
+    for name in ("名称", "类型", "启用", "提供者", "说明", "设置"):
+        table.add_column(name, no_wrap=name in ("名称", "类型", "启用"), justify="center" if name == "启用" else "left")
+    for r in rows:
+        broken = r["kind"] == "?"
+        table.add_row(_t(r["name"], "red" if broken else "bold"), _t(KIND_NAMES.get(r["kind"], r["kind"]), "red" if broken else ""),
+                      Text("✓", style="green") if r["enabled"] else _t(""), _t(r["provider"]),
+                      _t(r["description"], "red" if broken else ""), _t(_settings_text(r["settings"])))
+    out = _out()
+    out.print(_t(source))
+    out.print(table)
+    on = [r["name"] for r in rows if r["enabled"]]
+    out.print(_t(f"已安装 {len(plugins.available())} 个，已启用 {len(on)} 个：{'、'.join(on) if on else '无'}"
+                 + (f"；加载失败 {len(plugins.broken)} 个" if plugins.broken else "")))
+    if enabled:
+        plugins.check_enabled(enabled, settings)  # unknown names and bad settings -> ConfigError (exit 3)
+
+
+# -- demo ------------------------------------------------------------------------------------------
+class _StepFailed(Exception):
+    """A demo step that did not behave as expected."""
+
+
+class _Timeline:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.results: list[tuple[str, bool, str]] = []
+
+    def step(self, title: str, fn: Callable[[], str]) -> bool:
+        started = time.perf_counter()
+        try:
+            detail, ok = fn(), True
+        except _StepFailed as e:
+            detail, ok = str(e), False
+        except SmartparkError as e:
+            detail, ok = f"意外的错误：{e.zh}", False
+        except Exception as e:  # noqa: BLE001 - report and keep going
+            detail, ok = f"意外的错误：{type(e).__name__}: {e}", False
+        ms = (time.perf_counter() - started) * 1000
+        n = len(self.results) + 1
+        self.results.append((title, ok, detail))
+        self.console.print(Text.assemble(
+            ("✓" if ok else "✗", "bold green" if ok else "bold red"), f" {n:>2}. ", (title, "bold"),
+            ("  " + detail if detail else "", "" if ok else "red"), (f"  ({ms:.0f} ms)", "dim")))
+        return ok
+
+    @property
+    def passed(self) -> int:
+        return sum(ok for _, ok, _ in self.results)
+
+
+def _expect_error(kind: type[SmartparkError], fn: Callable[[], Any]) -> SmartparkError:
+    try:
+        fn()
+    except kind as e:
+        return e
+    raise _StepFailed(f"本应被拒绝（{kind.__name__}），却成功了")
+
+
+# Demo data: valid, made-up ID numbers (correct check characters) and phones.
+_DEMO_OWNERS = [
+    {"name": "张伟", "id_number": "110105198001011238", "phone": "13800138000", "plates": ["京A12345", "京AD12345"]},
+    {"name": "李娜", "id_number": "310115198506152343", "phone": "13900139000", "plates": ["沪B67890"]},
+]
+_DEMO_VISITOR = {"name": "赵敏", "id_number": "440305199002033457", "phone": "13700137000", "plate": "粤B12345"}
+_DEMO_BAD_ID = "110108197511114566"  # wrong check character (the right one is 5)
+_AUDIT_TABLE = "audit_log"
+
+
+def _sqlite_path(cfg: Any) -> Path:
+    """The database file of the embedded store, as its settings name it (relative to the data folder)."""
+    raw = Path(cfg.plugins.settings("storage_sqlite").get("path", "smartpark.db"))
+    return raw if raw.is_absolute() else cfg.data_dir / raw
+
+
+def _raw_db_bytes(db: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists())
+
+
+@app.command("demo")
+def demo_cmd(
+    keep: Annotated[Path | None, typer.Option("--keep", help="在此目录运行并保留（须为空目录或不存在）/ run in this folder and keep it")] = None,
+) -> None:
+    """演示：在临时目录中完整走一遍（SQLite，约数秒）/ a scripted walk-through in a temporary folder."""
+    from .bootstrap import bootstrap
+
+    if keep is not None:
+        if keep.exists() and any(keep.iterdir()):
+            raise Conflict(f"目录 {keep} 不是空的；请指定一个空目录或不存在的目录",
+                           f"{keep} is not empty; give an empty or new folder")
+        keep.mkdir(parents=True, exist_ok=True)
+        folder = keep.resolve()
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="smartpark-demo-"))
+    out = _out()
+    out.print(Panel(Text(f"智慧社区停车场服务 · 演示\n目录：{folder}\n存储：SQLite（内置默认配置）"), expand=False))
+    started = time.perf_counter()
+    tl = _Timeline(out)
+    actor = "demo:物业管理员"
+    s: dict[str, Any] = {}
+
+    def app_() -> App:
+        if s.get("app") is None:
+            s["app"] = bootstrap(s["config_path"])
+        return s["app"]
+
+    def close_app() -> None:
+        if s.get("app") is not None:
+            s.pop("app").close()
+
+    try:
+        def init() -> str:
+            s["config_path"] = folder / "plugins.toml"
+            s["config_path"].write_text(_template_text(), encoding="utf-8")
+            done = _initialise(s["config_path"])
+            s["cfg"] = done["config"]
+            s["db"] = _sqlite_path(done["config"])
+            if not s["db"].exists():
+                raise _StepFailed(f"数据库文件 {s['db']} 没有创建")
+            key = f"环境变量 {DATA_KEY_ENV}" if done["key_from_env"] else f"密钥文件 {done['key_file'].name}（0600）"
+            return f"plugins.toml、{key}、数据库 {s['db'].name} 已就绪"
+        tl.step("初始化（smartpark init）", init)
+
+        def owners() -> str:
+            r = app_().residents
+            s["owners"] = [r.register_owner(**o, actor=actor) for o in _DEMO_OWNERS]
+            return "；".join(f"{o.name} {_plates(o)}" for o in s["owners"])
+        tl.step("登记两位业主（一位有两辆车）", owners)
+
+        def bad_id() -> str:
+            r = app_().residents
+            before = r.count_owners()
+            e = _expect_error(ValidationError, lambda: r.register_owner(
+                name="王强", id_number=_DEMO_BAD_ID, phone="13600136000", plates=["京B54321"], actor=actor))
+            if r.count_owners() != before:
+                raise _StepFailed("被拒绝的登记却保存了数据")
+            return f"按预期被拒绝 → 错误：{e.zh}"
+        tl.step("身份证号错误的登记", bad_id)
+
+        def taken() -> str:
+            r = app_().residents
+            e = _expect_error(Conflict, lambda: r.register_owner(
+                name="王强", id_number="110108197511114565", phone="13600136000", plates=["京A12345"], actor=actor))
+            return f"按预期被拒绝 → 错误：{e.zh}"
+        tl.step("登记已被占用的车牌", taken)
+
+        def no_consent() -> str:
+            r = app_().residents
+            e = _expect_error(ValidationError, lambda: r.register_visitor(**_DEMO_VISITOR, consent=False, actor=actor))
+            return f"按预期被拒绝 → 错误：{e.zh}"
+        tl.step("访客未同意个人信息处理说明", no_consent)
+
+        def visitor() -> str:
+            v = app_().residents.register_visitor(**_DEMO_VISITOR, consent=True, actor=actor)
+            return f"{v.name} {v.plate.masked}，有效期至 {_when(v.valid_until, app_().timezone)}"
+        tl.step("访客同意后登记", visitor)
+
+        def masked() -> str:
+            listed = app_().residents.list_owners()
+            text = " ".join(f"{o.name} {o.id_number.masked} {o.phone.masked} {_plates(o)}" for o in listed)
+            for o in _DEMO_OWNERS:
+                if o["id_number"] in text or o["phone"] in text:
+                    raise _StepFailed("列表中出现了完整的身份证号或手机号")
+            return text
+        tl.step("查看业主（脱敏显示）", masked)
+
+        def change_plate() -> str:
+            li = s["owners"][1]
+            a = app_()
+            a.residents.change_plate(li.id, "沪B67890", "沪B67891", reason="业主换车", actor=actor)
+            last = a.audit.recent(f"owner:{li.id}", 1)[-1]
+            if last.action != "owner.change_plate":
+                raise _StepFailed(f"审计日志最后一条是 {last.action}，不是 owner.change_plate")
+            return f"{li.name}：沪B***90 → 沪B***91，审计记录第 {last.seq} 条"
+        tl.step("通过审计调用更换车牌", change_plate)
+
+        def reveal() -> str:
+            zhang = s["owners"][0]
+            a = app_()
+            phone = a.residents.reveal(zhang.id, "phone", actor=actor, reason="联系业主挪车")
+            last = a.audit.recent(f"owner:{zhang.id}", 1)[-1]
+            if phone != _DEMO_OWNERS[0]["phone"] or last.action != "sensitive.reveal":
+                raise _StepFailed("查看完整手机号没有得到正确的值或没有记入审计日志")
+            return f"{zhang.name} 的完整手机号 {phone}（已记入审计日志第 {last.seq} 条）"
+        tl.step("查看完整手机号（记入审计）", reveal)
+
+        def announce() -> str:
+            a = app_()
+            pub = a.announcements.publish(title="地库消防检查", body="本周六 9:00–11:00 地库 B2 区暂停使用，请提前挪车。",
+                                          actor=actor)
+            current = a.announcements.current()
+            if pub.id not in {x.id for x in current}:
+                raise _StepFailed("刚发布的公告不在当前公告中")
+            return f"“{pub.title}”已发布，当前公告 {len(current)} 条"
+        tl.step("发布并列出公告", announce)
+
+        def export() -> str:
+            data = app_().residents.export_residents(actor=actor)
+            text = json.dumps(data, ensure_ascii=False, indent=2)
+            (folder / "export-masked.json").write_text(text, encoding="utf-8")
+            for o in _DEMO_OWNERS + [_DEMO_VISITOR]:
+                if o["id_number"] in text or o["phone"] in text:
+                    raise _StepFailed("脱敏导出中出现了完整的身份证号或手机号")
+            return (f"{len(data['owners'])} 位业主、{len(data['visitors'])} 位访客 → export-masked.json，"
+                    f"身份证号如 {data['owners'][0]['id_number']}")
+        tl.step("导出（脱敏）", export)
+
+        def at_rest() -> str:
+            raw = _raw_db_bytes(s["db"])
+            plain = [v for o in _DEMO_OWNERS + [_DEMO_VISITOR]
+                     for v in [o["id_number"], o["phone"], *o.get("plates", [o.get("plate")])] if v]
+            found = [v for v in plain if v.encode("utf-8") in raw]
+            if found:
+                raise _StepFailed(f"数据库文件中出现明文：{', '.join(found)}")
+            return f"数据库文件（.db/-wal/-shm，共 {len(raw)} 字节）中没有明文身份证号、手机号或车牌"
+        tl.step("检查数据库文件已加密", at_rest)
+
+        def purge() -> str:
+            n = app_().residents.purge_visitors(actor=actor)
+            return f"清理了 {n} 条超过保留期（{s['cfg'].privacy.visitor_retention_days} 天）的访客记录"
+        tl.step("清理过期访客", purge)
+
+        def verify_ok() -> str:
+            result = app_().audit.verify()
+            if not result.ok:
+                raise _StepFailed(f"审计日志校验失败：{result.reason_zh}")
+            s["audit_count"] = result.checked
+            return f"审计日志完整（共 {result.checked} 条）"
+        tl.step("校验审计日志（smartpark audit verify）", verify_ok)
+
+        def refused() -> str:
+            close_app()
+            con = sqlite3.connect(s["db"])
+            try:
+                con.execute(f"UPDATE {_AUDIT_TABLE} SET actor = ? WHERE seq = 2", ("mallory",))
+                con.commit()
+            except sqlite3.DatabaseError as e:
+                return f"被数据库拒绝（{e}）：审计日志只能追加"
+            finally:
+                con.close()
+            return "数据库没有阻止修改（没有只追加触发器），下一步的校验仍会发现"
+        tl.step("尝试直接改写一条审计记录", refused)
+
+        def tamper() -> str:
+            close_app()
+            con = sqlite3.connect(s["db"])
+            try:
+                triggers = [r[0] for r in con.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (_AUDIT_TABLE,))]
+                for name in triggers:
+                    con.execute(f'DROP TRIGGER "{name}"')
+                changed = con.execute(f"UPDATE {_AUDIT_TABLE} SET actor = ? WHERE seq = 2", ("mallory",)).rowcount
+                con.commit()
+            finally:
+                con.close()
+            if changed != 1:
+                raise _StepFailed("没有找到第 2 条审计记录")
+            return (f"删除触发器 {len(triggers)} 个，再执行 UPDATE {_AUDIT_TABLE} SET actor='mallory' WHERE seq=2")
+        tl.step("模拟攻击者：绕过触发器篡改第 2 条审计记录", tamper)
+
+        def verify_broken() -> str:
+            result = app_().audit.verify()
+            if result.ok or result.broken_seq != 2:
+                raise _StepFailed(f"篡改没有被发现（ok={result.ok}, broken_seq={result.broken_seq}）")
+            s["broken"] = result
+            return f"发现篡改 → 第 {result.broken_seq} 条：{result.reason_zh}"
+        tl.step("再次校验：找出被篡改的记录", verify_broken)
+    finally:
+        close_app()
+        if keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    total, passed = len(tl.results), tl.passed
+    all_ok = passed == total
+    lines = [
+        f"步骤：{passed}/{total} 符合预期" + ("" if all_ok else f"（{total - passed} 步不符合）"),
+        f"用时：{time.perf_counter() - started:.1f} 秒",
+        f"审计记录：篡改前 {s.get('audit_count', '?')} 条，全部校验通过",
+        "篡改检测：" + (f"第 {s['broken'].broken_seq} 条被改动，已准确指出" if "broken" in s else "未完成"),
+        f"目录：{folder}（" + ("已保留" if keep is not None else "已删除") + "）",
+    ]
+    out.print(Panel(Text("\n".join(lines)), title="演示小结" + (" ✓" if all_ok else " ✗"),
+                    border_style="green" if all_ok else "red", expand=False))
+    if not all_ok:
+        raise typer.Exit(EXIT_VALIDATION)
+
+
+# -- entry point -----------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script ``smartpark`` (and ``python -m smartpark``)."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="smartpark")
+    except KeyboardInterrupt:
+        _err().print(Text("已中断", style="yellow"))
+        sys.exit(EXIT_INTERRUPTED)
+
+
+__all__ = ["app", "main", "exit_code_for", "EXIT_OK", "EXIT_VALIDATION", "EXIT_USAGE", "EXIT_CONFIG",
+           "EXIT_NOT_FOUND", "EXIT_CONFLICT", "EXIT_INTEGRITY", "EXIT_INTERNAL", "EXIT_INTERRUPTED"]

@@ -1,0 +1,176 @@
+"""pydantic models for ``plugins.toml``: the integrator's file.
+
+The file has lot settings (``[lot]``, ``[privacy]``, ``[tariff]``, ...) and the
+plugin allow-list::
+
+    data_dir = "data"
+
+    [lot]
+    name = "阳光花园停车场"
+    capacity = 120
+
+    [plugins]
+    enabled = ["storage_sqlite"]
+
+    [plugins.storage_sqlite]
+    path = "smartpark.db"
+
+Secrets never appear in the file: a setting typed :data:`Secret` accepts only
+``{ env = "NAME" }`` and reads the environment variable at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from .core.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "plugins.toml"
+CONFIG_ENV = "SMARTPARK_CONFIG"
+
+
+def _resolve_secret(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value
+    if isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str):
+        name = value["env"]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return SecretStr(os.environ[name])
+    raise ValueError('secrets are never written in plugins.toml; use { env = "VARIABLE_NAME" }')
+
+
+#: A secret setting: ``{ env = "NAME" }`` in the file, a ``SecretStr`` in the model.
+Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LotConfig(_Strict):
+    name: str = Field("智慧社区停车场", min_length=1, max_length=60)
+    capacity: int = Field(200, ge=1, le=100_000)
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; expected an IANA name such as Asia/Shanghai") from None
+        return v
+
+
+class PrivacyConfig(_Strict):
+    #: A returning visitor enters without registering again for this many days.
+    visitor_valid_days: int = Field(7, ge=0, le=366)
+    #: Visitor records are deleted this many days after the visitor was last seen (PIPL: minimum necessary).
+    visitor_retention_days: int = Field(30, ge=1, le=3650)
+
+
+class SecurityConfig(_Strict):
+    #: The data key file (created 0600 on first use) unless SMARTPARK_DATA_KEY is set; relative to data_dir.
+    key_file: str = "smartpark.key"
+
+
+class PluginsSection(BaseModel):
+    """``[plugins]``: the allow-list ``enabled`` and one table of settings per plugin."""
+
+    model_config = ConfigDict(extra="allow")
+    enabled: list[str] = Field(default_factory=lambda: ["storage_sqlite"])
+
+    def settings(self, name: str) -> dict[str, Any]:
+        extra = self.model_extra or {}
+        value = extra.get(name, {})
+        return dict(value) if isinstance(value, dict) else {}
+
+    def configured(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in (self.model_extra or {}).items() if isinstance(v, dict)}
+
+
+class AppConfig(_Strict):
+    data_dir: Path = Path("data")
+    lot: LotConfig = Field(default_factory=LotConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    #: Tariff settings; validated by the core's tariff when the gate logic loads it.
+    tariff: dict[str, Any] = Field(default_factory=dict)
+    plugins: PluginsSection = Field(default_factory=PluginsSection)
+    #: Where the file was read from (not a setting).
+    source: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / self.security.key_file
+
+
+def describe_errors(err: PydanticValidationError, prefix: str = "") -> str:
+    """One line per problem: where (``[table] key``), what was wrong, what was expected."""
+    lines = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"]]
+        where = (prefix + "." if prefix else "") + ".".join(loc)
+        table, _, key = where.rpartition(".")
+        place = f"[{table}] {key}" if table else key
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{place}: unknown setting")
+        else:
+            lines.append(f"{place}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None) -> AppConfig:
+    """Read and validate ``plugins.toml``; relative ``data_dir`` is taken from the file's folder.
+
+    ``path`` defaults to ``$SMARTPARK_CONFIG`` or ``./plugins.toml``.
+    """
+    p = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
+    if not p.exists():
+        raise ConfigError(f"找不到配置文件 {p}，请先运行 smartpark init", f"config file {p} not found; run `smartpark init`")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"配置文件 {p} 格式错误：{e}", f"{p} is not valid TOML: {e}") from None
+    return config_from_mapping(raw, base=p.parent.resolve(), source=p.resolve())
+
+
+def config_from_mapping(raw: dict[str, Any], *, base: Path | None = None, source: Path | None = None) -> AppConfig:
+    try:
+        cfg = AppConfig.model_validate(raw)
+    except PydanticValidationError as e:
+        where = source or "plugins.toml"
+        detail = describe_errors(e)
+        raise ConfigError(f"配置文件 {where} 有误：\n{detail}", f"invalid settings in {where}:\n{detail}") from None
+    if base is not None and not cfg.data_dir.is_absolute():
+        cfg.data_dir = (base / cfg.data_dir).resolve()
+    cfg.source = source
+    return cfg
+
+
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "private", "credential")
+
+
+def redact(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings safe to show: ``{env=...}`` references shown by name, secret-looking values hidden."""
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        if isinstance(v, dict) and set(v) == {"env"}:
+            out[k] = f"${{{v['env']}}}"
+        elif isinstance(v, dict):
+            out[k] = redact(v)
+        elif any(w in k.lower() for w in SECRET_WORDS) and not k.lower().endswith(("_id", "_file", "_path", "_dir")):
+            out[k] = "******"
+        else:
+            out[k] = v
+    return out

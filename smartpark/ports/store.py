@@ -1,0 +1,150 @@
+"""Store port: repositories plus a unit of work (one transaction).
+
+Usage::
+
+    with store.unit_of_work() as uow:
+        owner = uow.owners.by_plate(plate)
+        ...
+    # committed on a clean exit, rolled back on an exception
+
+Stores encrypt ID numbers, phones and plates at rest and find them through a
+blind index (see ``smartpark.security``); the repositories take and return
+domain values, never ciphertext. Every store runs
+``smartpark.testing.contracts.StoreContract``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from ..core.audit import VerifyResult
+from ..core.entities import Announcement, AuditEntry, LedgerEntry, Owner, Visitor
+from ..core.values import IdNumber, Phone, Plate
+
+
+class OwnerRepository(Protocol):
+    def add(self, owner: Owner) -> None:
+        """Insert; raises ``Conflict`` if one of its plates is held by anyone, or its ID number is registered."""
+        ...
+
+    def save(self, owner: Owner) -> None:
+        """Update name, phone, ID number, plates, balance and preferences; bumps ``owner.version``.
+
+        Raises ``Conflict`` when a plate is held by someone else or the row changed since it was read.
+        """
+        ...
+
+    def get(self, owner_id: str) -> Owner | None: ...
+
+    def by_plate(self, plate: Plate) -> Owner | None: ...
+
+    def by_phone(self, phone: Phone) -> list[Owner]: ...
+
+    def by_id_number(self, id_number: IdNumber) -> Owner | None: ...
+
+    def search_name(self, text: str, limit: int = 50) -> list[Owner]:
+        """Owners whose name contains ``text``."""
+        ...
+
+    def list(self, offset: int = 0, limit: int = 100) -> list[Owner]:
+        """Owners in registration order."""
+        ...
+
+    def count(self) -> int: ...
+
+    def delete(self, owner_id: str) -> bool:
+        """Delete the owner and free their plates; ``False`` if there was none."""
+        ...
+
+
+class VisitorRepository(Protocol):
+    def add(self, visitor: Visitor) -> None:
+        """Insert; raises ``Conflict`` if the plate is held by an owner or another visitor."""
+        ...
+
+    def save(self, visitor: Visitor) -> None: ...
+
+    def get(self, visitor_id: str) -> Visitor | None: ...
+
+    def by_plate(self, plate: Plate) -> Visitor | None: ...
+
+    def by_phone(self, phone: Phone) -> list[Visitor]: ...
+
+    def list(self, offset: int = 0, limit: int = 100) -> list[Visitor]: ...
+
+    def count(self) -> int: ...
+
+    def delete(self, visitor_id: str) -> bool: ...
+
+    def last_seen_before(self, cutoff: datetime, limit: int = 1000) -> list[Visitor]:
+        """Visitors not seen since ``cutoff`` (the purge job's candidates)."""
+        ...
+
+
+class AnnouncementRepository(Protocol):
+    def add(self, announcement: Announcement) -> None: ...
+
+    def get(self, announcement_id: str) -> Announcement | None: ...
+
+    def current(self, at: datetime) -> list[Announcement]:
+        """Announcements valid at ``at``, newest first."""
+        ...
+
+    def list(self, limit: int = 100) -> list[Announcement]:
+        """All announcements, newest first."""
+        ...
+
+    def delete(self, announcement_id: str) -> bool: ...
+
+
+class BalanceLedger(Protocol):
+    def append(self, entry: LedgerEntry) -> bool:
+        """Append; ``False`` (and nothing written) if an entry with the same ``ref`` exists."""
+        ...
+
+    def for_owner(self, owner_id: str, limit: int = 50) -> list[LedgerEntry]:
+        """Newest first."""
+        ...
+
+    def by_ref(self, ref: str) -> LedgerEntry | None: ...
+
+
+class AuditLog(Protocol):
+    def append(self, *, at: datetime, actor: str, action: str, subject: str, details: dict) -> AuditEntry:
+        """Append one record to the hash chain (``smartpark.core.audit.next_entry``) and move the head."""
+        ...
+
+    def entries(self, after_seq: int = 0, limit: int | None = None) -> Iterator[AuditEntry]:
+        """Records in ``seq`` order."""
+        ...
+
+    def for_subject(self, subject: str, limit: int = 100) -> list[AuditEntry]: ...
+
+    def verify(self) -> VerifyResult:
+        """Walk the whole chain against the head."""
+        ...
+
+
+@runtime_checkable
+class UnitOfWork(Protocol):
+    owners: OwnerRepository
+    visitors: VisitorRepository
+    announcements: AnnouncementRepository
+    ledger: BalanceLedger
+    audit: AuditLog
+
+
+@runtime_checkable
+class Store(Protocol):
+    def unit_of_work(self) -> AbstractContextManager[UnitOfWork]:
+        """A transaction: committed when the block ends cleanly, rolled back when it raises."""
+        ...
+
+    def migrate(self) -> Sequence[int]:
+        """Apply pending schema migrations; returns the versions applied."""
+        ...
+
+    def close(self) -> None: ...
