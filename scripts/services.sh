@@ -5,6 +5,18 @@ set -uo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Mosquitto leaves Nagle's algorithm on unless told: every hop then waits on delayed ACKs (44-88 ms round trips
+# instead of 0.5 ms). Turn it off in the machine's broker config, once, and restart the broker if it runs.
+MQ_CONF=/etc/mosquitto/mosquitto.conf
+if [ -w "$MQ_CONF" ] && ! grep -q '^set_tcp_nodelay true' "$MQ_CONF"; then
+  echo ">> enabling set_tcp_nodelay in $MQ_CONF"
+  echo "set_tcp_nodelay true" >> "$MQ_CONF"
+  if pgrep -x mosquitto >/dev/null; then
+    pkill -x mosquitto
+    for _ in $(seq 1 50); do pgrep -x mosquitto >/dev/null || break; sleep 0.1; done
+  fi
+fi
+
 if ! port_open 1883; then
   if command -v mosquitto >/dev/null; then
     echo ">> starting Mosquitto"

@@ -9,13 +9,14 @@ for any provider by name: ``clock``, ``store``, ``keyring``, ``plugins``, ...
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
-
-import logging
 
 import attrs
 from dependency_injector import containers, providers
@@ -24,7 +25,9 @@ from .config import AppConfig, config_from_mapping, load_config
 from .core.bus import MessageBus
 from .core.clock import SystemClock
 from .core.errors import ConfigError
+from .core.gate import GateRules, Lane, ParkingService, RegistrationLinks
 from .core.services import AnnouncementService, AuditService, BalanceService, ResidentService
+from .core.tariff import TariffSet
 from .plugins import Plugins
 from .security import KeyRing
 
@@ -75,8 +78,40 @@ def _build_store(plugins: Plugins, enabled: dict[str, Any], context: PluginConte
     return store
 
 
+def _gate_rules(c: AppConfig) -> GateRules:
+    g = c.gate
+    return GateRules(
+        capacity=c.lot.capacity,
+        lanes=tuple(Lane(id=lane.id, name=lane.name, direction=lane.direction) for lane in c.lot.lanes),
+        min_confidence=g.min_confidence, owners_enter_when_full=g.owners_enter_when_full,
+        owner_short_balance=g.owner_short_balance, repeat_window=timedelta(seconds=g.repeat_window_seconds),
+        registration_ttl=timedelta(minutes=g.registration_ttl_minutes), public_url=g.public_url,
+        unpaid_order_ttl=timedelta(minutes=g.unpaid_order_ttl_minutes),
+    )
+
+
+def _tariffs(c: AppConfig) -> TariffSet:
+    try:
+        return TariffSet.from_config(c.tariff, timezone=c.lot.timezone)
+    except ValueError as e:
+        zh, en = getattr(e, "zh", str(e)), getattr(e, "en", str(e))
+        raise ConfigError(f"[tariff] 设置有误：{zh}", f"invalid [tariff] settings: {en}") from None
+
+
+def _links(keyring: KeyRing, rules: GateRules) -> RegistrationLinks:
+    key = hmac.new(keyring.audit_key, b"smartpark registration links v1", hashlib.sha256).digest()
+    return RegistrationLinks(key, rules.public_url, rules.registration_ttl)
+
+
+def _gate_lookup(gates: dict[str, Any]) -> Any:
+    """lane id -> the enabled gate adapter that serves it."""
+    by_lane = {lane: gate for gate in gates.values() for lane in gate.lanes()}
+    return by_lane.get
+
+
 def _make_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
+    """The data folder holds the key file and the database: only its owner may enter it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 
@@ -106,6 +141,12 @@ class Container(containers.DeclarativeContainer):
     announcements = providers.Singleton(AnnouncementService, store, clock, bus)
     balances = providers.Singleton(BalanceService, store, clock, bus)
     audit = providers.Singleton(AuditService, store, clock, bus)
+    gate_rules = providers.Singleton(_gate_rules, config)
+    tariffs = providers.Singleton(_tariffs, config)
+    links = providers.Singleton(_links, keyring, gate_rules)
+    gate_lookup = providers.Singleton(_gate_lookup, gates)
+    parking = providers.Singleton(ParkingService, store, clock, bus, rules=gate_rules, tariffs=tariffs,
+                                  gates=gate_lookup, links=links, residents=residents)
 
 
 @attrs.define
@@ -124,6 +165,8 @@ class App:
     announcements = property(lambda self: self.container.announcements())
     balances = property(lambda self: self.container.balances())
     audit = property(lambda self: self.container.audit())
+    parking = property(lambda self: self.container.parking())
+    tariffs = property(lambda self: self.container.tariffs())
     gates = property(lambda self: self.container.gates())
     recognizers = property(lambda self: self.container.recognizers())
     sensors = property(lambda self: self.container.sensors())
@@ -141,7 +184,7 @@ class App:
         while closers:
             _quietly(closers.pop())
 
-    def __enter__(self) -> "App":
+    def __enter__(self) -> App:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -36,6 +36,7 @@ English text in dim style (for logs and support), and never a traceback.
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import os
@@ -58,7 +59,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .core.errors import ConfigError, Conflict, NotFound, SmartparkError, ValidationError
+from .core.errors import ConfigError, Conflict, IntegrityError, NotFound, SmartparkError, ValidationError
 
 if TYPE_CHECKING:
     from .bootstrap import App
@@ -78,10 +79,6 @@ EXIT_INTERRUPTED = 130
 CONFIG_ENV = "SMARTPARK_CONFIG"
 DATA_KEY_ENV = "SMARTPARK_DATA_KEY"
 TIME_FORMAT = "%Y-%m-%d %H:%M"
-
-
-class IntegrityError(SmartparkError):
-    """The CLI's signal for exit code 6 (stored data failed an integrity check)."""
 
 
 def exit_code_for(err: BaseException) -> int:
@@ -171,8 +168,13 @@ class CliState:
         if self._app is None:
             from .bootstrap import bootstrap
 
-            self._app = bootstrap(self.config_path)
+            self._app = bootstrap(self.config_file)
         return self._app
+
+    @property
+    def config_file(self) -> Path:
+        """``--config`` may name the file or the folder that holds ``plugins.toml``."""
+        return self.config_path / "plugins.toml" if self.config_path.is_dir() else self.config_path
 
     def close(self) -> None:
         if self._app is not None:
@@ -203,6 +205,14 @@ class _Group(typer.core.TyperGroup):
         except SmartparkError as e:
             print_error(e.zh, e.en)
             raise typer.Exit(exit_code_for(e)) from None
+        except OSError as e:  # a path the user gave that cannot be read or written
+            if e.errno == errno.EPIPE:  # `smartpark export | head`: let typer end quietly
+                raise
+            if isinstance(ctx.obj, CliState) and ctx.obj.debug:
+                traceback.print_exc(file=sys.stderr)
+            where = f" {e.filename}" if e.filename else ""
+            print_error(f"无法访问文件{where}：{e.strerror or e}", f"cannot access{where}: {e}")
+            raise typer.Exit(EXIT_VALIDATION) from None
         except Exception as e:  # noqa: BLE001 - the last line of defence
             if _is_decryption_error(e):
                 print_error("存储的数据无法解密：数据可能被篡改，或使用了错误的数据密钥",
@@ -253,7 +263,8 @@ def _root(
         help="配置文件路径（默认 ./plugins.toml）/ path of plugins.toml")] = None,
     actor: Annotated[str | None, typer.Option(
         "--actor", help="记入审计日志的操作人（默认 cli:<系统用户>）/ who is recorded in the audit log")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="出现内部错误时显示调用栈 / show tracebacks of internal errors")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="出现内部错误时显示调用栈 / show tracebacks of internal errors")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="显示版本 / show the version")] = False,
 ) -> None:
@@ -271,8 +282,10 @@ def _confirm(question: str) -> None:
     """Ask; refuse (exit 1) on 'no' or when there is no input to answer from."""
     try:
         answer = typer.confirm(question, default=False)
-    except typer.Abort:
+    except typer.Abort as e:
         _err().print()
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
         raise ValidationError("未确认，未做任何修改（非交互使用时请加 --yes）",
                               "not confirmed (no input); nothing changed. Pass --yes to confirm non-interactively",
                               field="yes") from None
@@ -346,17 +359,24 @@ def _initialise(config_path: Path) -> dict[str, Any]:
 @app.command("init")
 def init_cmd(
     directory: Annotated[Path, typer.Argument(help="目标目录（默认当前目录）/ target folder")] = Path("."),
-    force: Annotated[bool, typer.Option("--force", help="覆盖已有的 plugins.toml / overwrite an existing plugins.toml")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="覆盖已有的 plugins.toml / overwrite an existing plugins.toml")] = False,
 ) -> None:
-    """初始化：写入 plugins.toml，创建数据目录、数据密钥和数据库 / create plugins.toml, the data folder, key and database."""
+    """初始化：写入 plugins.toml，创建数据目录、数据密钥和数据库 / create plugins.toml, data folder, key, database."""
     target = directory / "plugins.toml"
     if target.exists() and not force:
         raise Conflict(f"{target} 已存在，未做修改；如需覆盖请加 --force",
                        f"{target} already exists; nothing changed (use --force to overwrite)")
+    existed = target.exists()
     directory.mkdir(parents=True, exist_ok=True)
     target.write_text(_template_text(), encoding="utf-8")
+    try:
+        done = _initialise(target)
+    except BaseException:
+        if not existed:  # leave no half-initialised folder that a second `init` would refuse
+            target.unlink(missing_ok=True)
+        raise
     _ok(f"已写入配置文件 {target.resolve()}")
-    done = _initialise(target)
     _ok(f"数据目录 {done['data_dir']}" + ("（新建）" if done["data_dir_created"] else "（已存在）"))
     if done["key_from_env"]:
         _ok(f"使用环境变量 {DATA_KEY_ENV} 中的数据密钥（未创建密钥文件）")
@@ -373,7 +393,8 @@ def init_cmd(
     out.print(Text("\n下一步：", style="bold"))
     out.print(_t(f"  1. 按需编辑 {target}：车场名称、车位数、收费标准、启用的插件"))
     out.print(_t(f"  2. smartpark {prefix}plugins            查看已安装和已启用的插件"))
-    out.print(_t(f"  3. smartpark {prefix}owner add --name 张三 --id-number <身份证号> --phone <手机号> --plate 京A12345"))
+    out.print(_t(f"  3. smartpark {prefix}owner add --name 张三 --id-number <身份证号> --phone <手机号> "
+                 "--plate 京A12345"))
     out.print(_t(f"  4. smartpark {prefix}audit verify       校验审计日志"))
 
 
@@ -399,7 +420,8 @@ def owner_add(
 @owner_app.command("show")
 def owner_show(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="车牌、手机号、身份证号、业主编号或姓名的一部分 / plate, mobile, ID number, owner id or part of a name")],
+    query: Annotated[str, typer.Argument(
+        help="车牌、手机号、身份证号、业主编号或姓名的一部分 / plate, mobile, ID number, owner id or part of a name")],
 ) -> None:
     """查询业主（显示脱敏信息）/ find owners (masked)."""
     st = _state(ctx)
@@ -567,21 +589,25 @@ def visitor_add(
     phone: Annotated[str, typer.Option("--phone", help="手机号 / mobile number")],
     plate: Annotated[str, typer.Option("--plate", help="车牌 / plate")],
     consent: Annotated[bool, typer.Option(
-        "--consent", help="访客已阅读并同意《个人信息处理说明》/ the visitor agreed to the personal-information notice")] = False,
+        "--consent",
+        help="访客已阅读并同意《个人信息处理说明》/ the visitor agreed to the personal-information notice")] = False,
 ) -> None:
     """登记访客（须经访客同意）/ register a visitor (needs consent)."""
     st = _state(ctx)
     visitor = st.app.residents.register_visitor(name=name, id_number=id_number, phone=phone, plate=plate,
                                                 consent=consent, actor=st.actor)
     tz = st.app.timezone
-    _ok(f"已登记访客 {visitor.name}（编号 {visitor.id}），有效期至 {_when(visitor.valid_until, tz)}")
+    renewed = visitor.created_at != visitor.consent_at  # a returning visitor's registration was renewed
+    _ok(f"已{'为再次到访的访客续期' if renewed else '登记访客'} {visitor.name}（编号 {visitor.id}），"
+        f"有效期至 {_when(visitor.valid_until, tz)}")
     _out().print(_visitors_table([visitor], tz))
 
 
 @visitor_app.command("show")
 def visitor_show(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="车牌、手机号、身份证号或访客编号 / plate, mobile, ID number or visitor id")],
+    query: Annotated[str, typer.Argument(
+        help="车牌、手机号、身份证号或访客编号 / plate, mobile, ID number or visitor id")],
 ) -> None:
     """查询访客（显示脱敏信息）/ find visitors (masked)."""
     st = _state(ctx)
@@ -649,7 +675,8 @@ def announce_publish(
     title: Annotated[str, typer.Option("--title", help="标题（1–60 字）/ title")],
     body: Annotated[str, typer.Option("--body", help="内容（1–2000 字）/ text")],
     valid_from: Annotated[str | None, typer.Option(
-        "--from", help="生效时间，ISO 格式，不带时区时按车场时区（默认现在）/ start, ISO 8601; naive = lot time zone")] = None,
+        "--from",
+        help="生效时间，ISO 格式，不带时区时按车场时区（默认现在）/ start, ISO 8601; naive = lot time zone")] = None,
     valid_until: Annotated[str | None, typer.Option(
         "--until", help="截止时间，ISO 格式（默认长期有效）/ end, ISO 8601")] = None,
 ) -> None:
@@ -666,7 +693,8 @@ def announce_publish(
 @announce_app.command("list")
 def announce_list(
     ctx: typer.Context,
-    all_: Annotated[bool, typer.Option("--all", help="包括未生效和已过期的公告 / include future and expired ones")] = False,
+    all_: Annotated[bool, typer.Option(
+        "--all", help="包括未生效和已过期的公告 / include future and expired ones")] = False,
 ) -> None:
     """列出公告（默认只列当前生效的）/ list announcements (current ones by default)."""
     st = _state(ctx)
@@ -711,15 +739,19 @@ def _write_private(path: Path, text: str) -> None:
 @app.command("export")
 def export_cmd(
     ctx: typer.Context,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="输出文件（默认标准输出）/ output file (default stdout)")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="输出文件（默认标准输出）/ output file (default stdout)")] = None,
     include_sensitive: Annotated[bool, typer.Option(
-        "--include-sensitive", help="导出完整的身份证号、手机号和车牌（须填写 --reason，记入审计日志）/ full values (audited)")] = False,
-    reason: Annotated[str | None, typer.Option("--reason", help="导出完整信息的原因 / why (with --include-sensitive)")] = None,
+        "--include-sensitive",
+        help="导出完整的身份证号、手机号和车牌（须填写 --reason，记入审计日志）/ full values (audited)")] = False,
+    reason: Annotated[str | None, typer.Option(
+        "--reason", help="导出完整信息的原因 / why (with --include-sensitive)")] = None,
 ) -> None:
     """导出业主和访客（JSON，默认脱敏）/ export owners and visitors as JSON (masked by default)."""
     st = _state(ctx)
     if include_sensitive and not (reason or "").strip():
-        raise typer.BadParameter("使用 --include-sensitive 时必须用 --reason 说明导出原因 / --include-sensitive needs --reason",
+        raise typer.BadParameter("使用 --include-sensitive 时必须用 --reason 说明导出原因 / "
+                                 "--include-sensitive needs --reason",
                                  param_hint="'--reason'")
     data = st.app.residents.export_residents(actor=st.actor, include_sensitive=include_sensitive, reason=reason or "")
     text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
@@ -741,7 +773,9 @@ def export_cmd(
 @app.command("import")
 def import_cmd(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="由 export --include-sensitive 导出的 JSON 文件，- 表示标准输入 / a full export; - for stdin")],
+    file: Annotated[Path, typer.Argument(
+        metavar="FILE",
+        help="由 export --include-sensitive 导出的 JSON 文件，- 表示标准输入 / a full export; - for stdin")],
 ) -> None:
     """导入业主和访客：全部有效才写入，否则一条也不写 / import owners and visitors: all or nothing."""
     st = _state(ctx)
@@ -758,7 +792,8 @@ def import_cmd(
                               f"{file} is not valid JSON: {e}") from None
     report = st.app.residents.import_residents(data, actor=st.actor)
     if not report.ok:
-        table = Table(title="导入失败，以下记录有问题（位置从 1 开始，先业主后访客）", title_justify="left", header_style="bold")
+        table = Table(title="导入失败，以下记录有问题（位置从 1 开始，先业主后访客）", title_justify="left",
+                      header_style="bold")
         table.add_column("位置", justify="right", no_wrap=True)
         table.add_column("字段", no_wrap=True)
         table.add_column("问题")
@@ -795,7 +830,8 @@ def audit_verify(ctx: typer.Context) -> None:
         return
     raise IntegrityError(
         f"审计日志校验失败：第 {result.broken_seq} 条记录有问题——{result.reason_zh}（此前 {result.checked} 条正常）",
-        f"audit chain broken at record {result.broken_seq}: {result.reason_en} ({result.checked} records before it are intact)",
+        f"audit chain broken at record {result.broken_seq}: {result.reason_en} "
+        f"({result.checked} records before it are intact)",
     )
 
 
@@ -806,7 +842,8 @@ def _details(details: dict[str, Any]) -> str:
 @audit_app.command("log")
 def audit_log(
     ctx: typer.Context,
-    subject: Annotated[str | None, typer.Option("--subject", help="对象，如 owner:<编号> / subject such as owner:<id>")] = None,
+    subject: Annotated[str | None, typer.Option(
+        "--subject", help="对象，如 owner:<编号> / subject such as owner:<id>")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000, help="最多显示 N 条 / at most N records")] = 50,
 ) -> None:
     """查看审计日志 / show audit records."""
@@ -841,13 +878,13 @@ def plugins_cmd(ctx: typer.Context) -> None:
     from .plugins import Plugins
 
     st = _state(ctx)
-    if st.config_path.exists():
-        cfg = load_config(st.config_path)
+    if st.config_file.exists():
+        cfg = load_config(st.config_file)
         enabled, settings = list(cfg.plugins.enabled), cfg.plugins.configured()
-        source = f"配置文件：{cfg.source or st.config_path}"
+        source = f"配置文件：{cfg.source or st.config_file}"
     else:
         enabled, settings = [], {}
-        source = f"未找到配置文件 {st.config_path}：没有启用任何插件（运行 smartpark init 创建）"
+        source = f"未找到配置文件 {st.config_file}：没有启用任何插件（运行 smartpark init 创建）"
     plugins = Plugins()
     rows = plugins.listing(enabled, settings)
     listed = {r["name"] for r in rows}
@@ -858,7 +895,8 @@ def plugins_cmd(ctx: typer.Context) -> None:
         table.add_column(name, no_wrap=name in ("名称", "类型", "启用"), justify="center" if name == "启用" else "left")
     for r in rows:
         broken = r["kind"] == "?"
-        table.add_row(_t(r["name"], "red" if broken else "bold"), _t(KIND_NAMES.get(r["kind"], r["kind"]), "red" if broken else ""),
+        table.add_row(_t(r["name"], "red" if broken else "bold"),
+                      _t(KIND_NAMES.get(r["kind"], r["kind"]), "red" if broken else ""),
                       Text("✓", style="green") if r["enabled"] else _t(""), _t(r["provider"]),
                       _t(r["description"], "red" if broken else ""), _t(_settings_text(r["settings"])))
     out = _out()
@@ -932,17 +970,45 @@ def _raw_db_bytes(db: Path) -> bytes:
     return b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists())
 
 
+def _check_keep(keep: Path | None) -> None:
+    """``--keep`` must name an empty or new folder."""
+    if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        raise Conflict(f"目录 {keep} 不是空的；请指定一个空目录或不存在的目录",
+                       f"{keep} is not empty; give an empty or new folder")
+
+
 @app.command("demo")
 def demo_cmd(
-    keep: Annotated[Path | None, typer.Option("--keep", help="在此目录运行并保留（须为空目录或不存在）/ run in this folder and keep it")] = None,
+    keep: Annotated[Path | None, typer.Option(
+        "--keep", help="在此目录运行并保留（须为空目录或不存在）/ run in this folder and keep it")] = None,
+    broker: Annotated[str | None, typer.Option(
+        "--broker", envvar="SMARTPARK_DEMO_BROKER", show_envvar=True,
+        help="先尝试的 MQTT 服务器 HOST:PORT（默认 127.0.0.1:1883；无法连接时启动内置服务器）/ "
+             "MQTT broker to try first; the embedded one is started when it does not answer")] = None,
+    records: Annotated[bool, typer.Option(
+        "--records", help="改为演示登记与数据安全（业主、访客、审计、加密）/ the registration and data-security "
+                          "walk-through instead")] = False,
 ) -> None:
-    """演示：在临时目录中完整走一遍（SQLite，约数秒）/ a scripted walk-through in a temporary folder."""
+    """演示：真实服务上的一天出入口（MQTT、道闸 TCP、访客登记页、岗亭缴费；约数秒）/ a scripted day at the gate.
+
+    退出码 0：全部符合预期；1：有不符合预期的步骤 / exit 0 when every expectation held, 1 otherwise.
+    """
+    _check_keep(keep)
+    if records:
+        _records_demo(keep)
+        return
+    from .demo import run_demo
+
+    code = run_demo(keep=keep, broker=broker, console=_out())
+    if code:
+        raise typer.Exit(EXIT_VALIDATION)
+
+
+def _records_demo(keep: Path | None) -> None:
+    """``smartpark demo --records``: registration, masking, audited changes, encryption at rest, tamper detection."""
     from .bootstrap import bootstrap
 
     if keep is not None:
-        if keep.exists() and any(keep.iterdir()):
-            raise Conflict(f"目录 {keep} 不是空的；请指定一个空目录或不存在的目录",
-                           f"{keep} is not empty; give an empty or new folder")
         keep.mkdir(parents=True, exist_ok=True)
         folder = keep.resolve()
     else:
@@ -1041,7 +1107,8 @@ def demo_cmd(
 
         def announce() -> str:
             a = app_()
-            pub = a.announcements.publish(title="地库消防检查", body="本周六 9:00–11:00 地库 B2 区暂停使用，请提前挪车。",
+            pub = a.announcements.publish(title="地库消防检查",
+                                          body="本周六 9:00–11:00 地库 B2 区暂停使用，请提前挪车。",
                                           actor=actor)
             current = a.announcements.current()
             if pub.id not in {x.id for x in current}:
@@ -1138,6 +1205,264 @@ def demo_cmd(
                     border_style="green" if all_ok else "red", expand=False))
     if not all_ok:
         raise typer.Exit(EXIT_VALIDATION)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+def _setup_logging(debug: bool) -> None:
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _service_frontend(a: App) -> tuple[Any, str | None]:
+    """The "service" frontend: as enabled in plugins.toml, else built anyway (and the second value says so)."""
+    frontends = a.frontends
+    if "service" in frontends:
+        return frontends["service"], None
+    settings = a.config.plugins.settings("service")
+    how = "[plugins.service] 中的设置" if settings else "默认设置"
+    how_en = "the settings under [plugins.service]" if settings else "its default settings"
+    plugins = a.plugins
+    if "service" in plugins.available():
+        config = plugins.validate_settings("service", settings)
+        frontend = plugins.build("service", config, a.container.context())
+        return frontend, (f"plugins.toml 的 [plugins] enabled 中没有 service，已按{how}启动 / "
+                          f"service is not enabled in plugins.toml; started with {how_en}")
+    from .adapters import service as service_plugin  # installed without its entry point (a source checkout)
+
+    try:
+        config = service_plugin.Config.model_validate(settings)
+    except Exception as e:  # noqa: BLE001 - pydantic's error, shown as a config error
+        raise ConfigError(f"插件 service 的设置有误：{e}", f"plugin service: invalid settings: {e}") from None
+    return service_plugin.ServiceFrontend(config), (
+        f"service 插件未通过入口点注册（请重新安装 smartpark），已按{how}直接启动 / "
+        f"the service plugin has no entry point (reinstall smartpark); started directly with {how_en}")
+
+
+@app.command("serve")
+def serve_cmd(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(
+        "--host", help="监听地址（覆盖 [plugins.service] host）/ address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(
+        "--port", min=0, max=65535, help="监听端口（覆盖 [plugins.service] port）/ TCP port")] = None,
+) -> None:
+    """运行无界面服务：HTTP 接口、访客登记页、设备接入（SIGTERM/Ctrl-C 停止）/ run the headless service."""
+    import signal
+
+    st = _state(ctx)
+    _setup_logging(st.debug)
+    a = st.app
+    frontend, note = _service_frontend(a)
+    if note:
+        _note(note)
+    stopped_by = frontend.run(a, host=host, port=port)
+    if stopped_by == signal.SIGINT:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+# -- attendant API tokens --------------------------------------------------------------------------
+token_app = typer.Typer(help="值班员接口令牌（/api/booth）/ attendant API tokens", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="令牌名称，如 booth-1（记入审计日志为 api:名称）/ token name")],
+) -> None:
+    """创建令牌（只显示一次；标准输出只有令牌本身）/ create a token (shown once, alone on stdout)."""
+    from .adapters.service.auth import create_token
+
+    st = _state(ctx)
+    token = create_token(st.app.store, st.app.clock, name, actor=st.actor)
+    _err().print(Text.assemble(("✓ ", "green"), f"已创建令牌 {name}：只显示这一次，请妥善保存；"
+                               f"请求时使用请求头 Authorization: Bearer <令牌>"))
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(ctx: typer.Context) -> None:
+    """列出令牌（名称与创建时间）/ list tokens (names and creation times)."""
+    from .adapters.service.auth import list_tokens
+
+    st = _state(ctx)
+    tokens = list_tokens(st.app.store)
+    if not tokens:
+        _out().print(_t("暂无令牌（smartpark token create NAME 创建）"))
+        return
+    table = Table(title=f"值班员接口令牌 共 {len(tokens)} 个", title_justify="left", header_style="bold")
+    table.add_column("名称", no_wrap=True)
+    table.add_column("创建时间", no_wrap=True)
+    for t in tokens:
+        table.add_row(_t(t.name), _t(_when(t.created_at, st.app.timezone)))
+    _out().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="要吊销的令牌名称 / token name")],
+) -> None:
+    """吊销令牌（立即失效，记入审计日志）/ revoke a token (refused at once; audited)."""
+    from .adapters.service.auth import revoke_token
+
+    st = _state(ctx)
+    revoke_token(st.app.store, st.app.clock, name, actor=st.actor)
+    _ok(f"已吊销令牌 {name}（已记入审计日志）")
+
+
+# -- device simulators ---------------------------------------------------------------------------
+@app.command("gate-sim")
+def gate_sim_cmd(
+    host: Annotated[str, typer.Option("--host", help="监听地址 / address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP 端口（0 自动选择）/ TCP port")] = 9100,
+    lanes: Annotated[str, typer.Option("--lanes", help="车道，逗号分隔 / comma-separated lane ids")] = "in-1,out-1",
+    move_time: Annotated[float, typer.Option("--move-time", min=0, help="抬杆/落杆用时（秒）/ arm travel time")] = 1.5,
+    heartbeat: Annotated[float, typer.Option("--heartbeat", min=0.1, help="心跳间隔（秒）/ heartbeat interval")] = 5.0,
+) -> None:
+    """道闸控制器模拟器（智慧停车道闸协议 v1，Ctrl-C 停止）/ a barrier controller simulator over TCP."""
+    from .adapters.gate_tcp.simulator import run_forever
+
+    lane_ids = [lane.strip() for lane in lanes.split(",") if lane.strip()]
+    if not lane_ids:
+        raise ValidationError("请至少指定一个车道（--lanes in-1,out-1）", "--lanes needs at least one lane id",
+                              field="lanes")
+    try:
+        code = run_forever(host, port, lane_ids, move_time_s=move_time, heartbeat_s=heartbeat)
+    except (OSError, ValueError) as e:
+        raise ValidationError(f"道闸模拟器无法启动：{e}", f"the gate simulator could not start: {e}") from None
+    if code:
+        raise typer.Exit(code)
+
+
+def _camera_target(st: CliState, lane: str, camera: str | None) -> tuple[str, dict[str, Any], str]:
+    """(camera id, MQTT relay settings, listening URL template) from plugins.toml when there is one."""
+    from .config import load_config
+
+    mqtt: dict[str, Any] = {"host": "127.0.0.1", "port": 1883, "topic": "smartpark/cameras/{camera}/events"}
+    base, path = "http://127.0.0.1:8080", "/devices/hikvision/{camera}"
+    cameras: list[dict[str, Any]] = []
+    if st.config_file.exists():
+        cfg = load_config(st.config_file)
+        hik = cfg.plugins.settings("camera_hikvision")
+        cameras = [c for c in hik.get("cameras", []) if isinstance(c, dict)]
+        mqtt.update({k: v for k, v in (hik.get("mqtt") or {}).items() if k in ("host", "port", "topic")})
+        path = hik.get("http_path", path)
+        svc = cfg.plugins.settings("service")
+        host = svc.get("host", "127.0.0.1")
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{svc.get('port', 8080)}"
+    if camera is None:
+        found = [c.get("id") for c in cameras if c.get("lane") == lane]
+        camera = str(found[0]) if found else f"cam-{lane}"
+    return camera, mqtt, base + path
+
+
+@app.command("camera-sim")
+def camera_sim_cmd(
+    ctx: typer.Context,
+    plate: Annotated[str, typer.Option("--plate", help="车牌，如 京A12345 / the plate read")],
+    lane: Annotated[str, typer.Option("--lane", help="车道（找出该车道的摄像机）/ lane whose camera reads")] = "in-1",
+    mqtt: Annotated[bool, typer.Option("--mqtt", help="经 MQTT 转发主题发布 / publish on the MQTT relay topic")] = False,
+    url: Annotated[str | None, typer.Option(
+        "--url", help="HTTP 监听地址（默认取 plugins.toml 中的服务地址）/ listening URL to POST to")] = None,
+    camera: Annotated[str | None, typer.Option("--camera", help="摄像机编号（默认按车道查找）/ camera id")] = None,
+    broker: Annotated[str | None, typer.Option(
+        "--broker", help="MQTT 服务器 HOST:PORT（默认取 plugins.toml）/ broker for --mqtt")] = None,
+    color: Annotated[str | None, typer.Option("--color", help="车牌颜色 blue/yellow/green/white/black")] = None,
+    confidence: Annotated[float, typer.Option("--confidence", min=0, max=1, help="置信度 0–1")] = 0.98,
+) -> None:
+    """摄像机模拟器：发送一条海康 ISAPI 车牌识别报文（HTTP 监听或 MQTT 转发）/ send one ANPR event."""
+    from .adapters.camera_hikvision.simulator import CameraSimulator, describe
+    from .core.values import Plate
+    from .infra.broker import parse_address
+
+    if mqtt and url:
+        raise ValidationError("--mqtt 与 --url 只能选一个", "give either --mqtt or --url, not both", field="url")
+    if color is not None and color not in ("blue", "yellow", "green", "white", "black"):
+        raise ValidationError(f"未知的车牌颜色 {color}", f"unknown plate colour {color!r}", field="color")
+    text = str(Plate.parse(plate))
+    camera_id, relay, listen = _camera_target(_state(ctx), lane, camera)
+    address = parse_address(broker) if broker else (str(relay["host"]), int(relay["port"]))
+    sim = CameraSimulator(camera_id, url=url or listen, mqtt=address if mqtt else None, topic=str(relay["topic"]))
+    try:
+        sent = sim.send(text, via="mqtt" if mqtt else "http", color=color, confidence=confidence)
+    except (OSError, TimeoutError) as e:  # broker or service not reachable
+        where = f"MQTT {address[0]}:{address[1]}" if mqtt else (url or listen).replace("{camera}", camera_id)
+        raise ValidationError(f"发送失败（{where}）：{e}", f"could not send to {where}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - httpx errors: the service is not there
+        if type(e).__module__.startswith("httpx"):
+            where = (url or listen).replace("{camera}", camera_id)
+            raise ValidationError(f"发送失败（{where}）：{e}", f"could not post to {where}: {e}") from None
+        raise
+    finally:
+        sim.close()
+    _out().print(_t(describe(sent)))
+    if sent.via == "http" and (sent.status or 500) >= 300:
+        raise typer.Exit(EXIT_VALIDATION)
+
+
+# -- the attendant booth ---------------------------------------------------------------------------
+def _booth_frontend(a: App) -> tuple[Any, str | None]:
+    """The "ui_tk" frontend: as enabled in plugins.toml, else built anyway (and the second value says so)."""
+    frontends = a.frontends
+    if "ui_tk" in frontends:
+        return frontends["ui_tk"], None
+    settings = a.config.plugins.settings("ui_tk")
+    how = "[plugins.ui_tk] 中的设置" if settings else "默认设置"
+    how_en = "the settings under [plugins.ui_tk]" if settings else "its default settings"
+    plugins = a.plugins
+    if "ui_tk" in plugins.available():
+        config = plugins.validate_settings("ui_tk", settings)
+        return plugins.build("ui_tk", config, a.container.context()), (
+            f"plugins.toml 的 [plugins] enabled 中没有 ui_tk，已按{how}启动 / "
+            f"ui_tk is not enabled in plugins.toml; started with {how_en}")
+    from .adapters import ui_tk as ui_plugin  # installed without its entry point (a source checkout)
+
+    try:
+        config = ui_plugin.Config.model_validate(settings)
+    except Exception as e:  # noqa: BLE001 - pydantic's error, shown as a config error
+        raise ConfigError(f"插件 ui_tk 的设置有误：{e}", f"plugin ui_tk: invalid settings: {e}") from None
+    return ui_plugin.BoothFrontend(config), (
+        f"ui_tk 插件未通过入口点注册（请重新安装 smartpark），已按{how}直接启动 / "
+        f"the ui_tk plugin has no entry point (reinstall smartpark); started directly with {how_en}")
+
+
+@app.command("ui")
+def ui_cmd(
+    ctx: typer.Context,
+    fullscreen: Annotated[bool | None, typer.Option(
+        "--fullscreen/--windowed",
+        help="全屏或窗口（覆盖 plugins.toml 中 ui_tk 的 fullscreen）/ full screen or a window")] = None,
+    devices: Annotated[bool | None, typer.Option(
+        "--devices/--no-devices",
+        help="同时启动设备接入（覆盖 plugins.toml 中 ui_tk 的 start_runtime）/ "
+             "start the camera, gate and sensor adapters")] = None,
+) -> None:
+    """值班岗亭界面（Tk 窗口；关闭窗口或 SIGTERM 退出）/ the attendant booth window."""
+    st = _state(ctx)
+    _setup_logging(st.debug)
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        raise ConfigError("没有图形显示（DISPLAY 未设置），无法打开岗亭界面", "no display (DISPLAY is not set); "
+                          "the booth needs a graphical session")
+    a = st.app
+    frontend, note = _booth_frontend(a)
+    if note:
+        _note(note)
+    changes = {k: v for k, v in (("fullscreen", fullscreen), ("start_runtime", devices)) if v is not None}
+    if changes:
+        frontend.config = frontend.config.model_copy(update=changes)
+    runtime = None
+    if frontend.config.start_runtime:
+        from .adapters.service.runtime import Runtime  # the same device runtime as `smartpark serve`
+
+        runtime = Runtime(a)
+    # the booth's acts are recorded as booth:<os user> unless --actor named someone
+    actor = st.actor if st.actor != _default_actor() else "booth:" + _default_actor().split(":", 1)[1]
+    frontend.run(a, runtime=runtime, actor=actor)
 
 
 # -- entry point -----------------------------------------------------------------------------------

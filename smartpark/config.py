@@ -25,7 +25,7 @@ import os
 import tomllib
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -55,10 +55,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LaneConfig(_Strict):
+    """One lane: a camera reads plates there and a barrier lets cars through in one direction."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    name: str = Field(min_length=1, max_length=30)
+    direction: Literal["in", "out"]
+
+
+def _default_lanes() -> list[LaneConfig]:
+    return [LaneConfig(id="in-1", name="入口", direction="in"), LaneConfig(id="out-1", name="出口", direction="out")]
+
+
 class LotConfig(_Strict):
     name: str = Field("智慧社区停车场", min_length=1, max_length=60)
     capacity: int = Field(200, ge=1, le=100_000)
     timezone: str = "Asia/Shanghai"
+    lanes: list[LaneConfig] = Field(default_factory=_default_lanes, min_length=1)
+
+    @field_validator("lanes")
+    @classmethod
+    def _unique_lanes(cls, v: list[LaneConfig]) -> list[LaneConfig]:
+        ids = [lane.id for lane in v]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"lane ids must be unique; repeated: {', '.join(dupes)}")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -75,6 +97,25 @@ class PrivacyConfig(_Strict):
     visitor_valid_days: int = Field(7, ge=0, le=366)
     #: Visitor records are deleted this many days after the visitor was last seen (PIPL: minimum necessary).
     visitor_retention_days: int = Field(30, ge=1, le=3650)
+
+
+class GateConfig(_Strict):
+    """``[gate]``: how the gate logic decides."""
+
+    #: Reads below this confidence (0..1) go to the attendant for confirmation instead of the gate.
+    min_confidence: float = Field(0.8, ge=0, le=1)
+    #: When the lot is full, owners still enter (visitors are refused with "车库已满").
+    owners_enter_when_full: bool = True
+    #: An owner whose prepaid balance is short at exit: "allow" (let out, record arrears) or "hold".
+    owner_short_balance: Literal["allow", "hold"] = "allow"
+    #: A second read of the same car at the same lane within this many seconds opens the gate again.
+    repeat_window_seconds: int = Field(60, ge=0, le=3600)
+    #: A visitor registration link (QR code at the lane) stays valid this long.
+    registration_ttl_minutes: int = Field(15, ge=1, le=24 * 60)
+    #: The address visitors' phones reach the service at (used in registration and payment links).
+    public_url: str = "http://127.0.0.1:8080"
+    #: An unpaid exit order still opens its lane when paid within this many minutes.
+    unpaid_order_ttl_minutes: int = Field(30, ge=1, le=24 * 60)
 
 
 class SecurityConfig(_Strict):
@@ -102,6 +143,7 @@ class AppConfig(_Strict):
     lot: LotConfig = Field(default_factory=LotConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     #: Tariff settings; validated by the core's tariff when the gate logic loads it.
     tariff: dict[str, Any] = Field(default_factory=dict)
     plugins: PluginsSection = Field(default_factory=PluginsSection)
@@ -122,7 +164,8 @@ def describe_errors(err: PydanticValidationError, prefix: str = "") -> str:
         table, _, key = where.rpartition(".")
         place = f"[{table}] {key}" if table else key
         got = e.get("input")
-        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        secret = _looks_secret(key or place) or "secret" in e["msg"]
+        shown = "" if isinstance(got, dict) or e["type"] == "missing" or secret else f" (got {got!r})"
         if e["type"] == "extra_forbidden":
             lines.append(f"{place}: unknown setting")
         else:
@@ -161,6 +204,11 @@ def config_from_mapping(raw: dict[str, Any], *, base: Path | None = None, source
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "private", "credential")
 
 
+def _looks_secret(key: str) -> bool:
+    k = key.lower()
+    return any(w in k for w in SECRET_WORDS) and not k.endswith(("_id", "_file", "_path", "_dir"))
+
+
 def redact(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings safe to show: ``{env=...}`` references shown by name, secret-looking values hidden."""
     out: dict[str, Any] = {}
@@ -169,7 +217,7 @@ def redact(settings: dict[str, Any]) -> dict[str, Any]:
             out[k] = f"${{{v['env']}}}"
         elif isinstance(v, dict):
             out[k] = redact(v)
-        elif any(w in k.lower() for w in SECRET_WORDS) and not k.lower().endswith(("_id", "_file", "_path", "_dir")):
+        elif _looks_secret(k):
             out[k] = "******"
         else:
             out[k] = v

@@ -47,7 +47,7 @@ class OwnerForm(_Form):
     lot_full_opt_out: bool = False
 
     @model_validator(mode="after")
-    def _distinct_plates(self) -> "OwnerForm":
+    def _distinct_plates(self) -> OwnerForm:
         if len(set(self.plates)) != len(self.plates):
             raise ValueError("车牌重复 / the same plate is listed twice")
         return self
@@ -63,7 +63,7 @@ class VisitorForm(_Form):
     consent: bool
 
     @model_validator(mode="after")
-    def _consented(self) -> "VisitorForm":
+    def _consented(self) -> VisitorForm:
         if self.consent is not True:
             raise ValueError("请阅读并同意《个人信息处理说明》后再登记 / consent to the personal-information notice is required")
         return self
@@ -78,7 +78,7 @@ class AnnouncementForm(_Form):
     valid_until: datetime | None = None
 
     @model_validator(mode="after")
-    def _window(self) -> "AnnouncementForm":
+    def _window(self) -> AnnouncementForm:
         for v in (self.valid_from, self.valid_until):
             if v is not None and v.tzinfo is None:
                 raise ValueError("时间需带时区 / times must be timezone-aware")

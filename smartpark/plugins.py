@@ -12,9 +12,10 @@ Installed does not mean enabled: :meth:`Plugins.build` instantiates only what
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import pluggy

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -27,7 +27,7 @@ def canonical(seq: int, at: datetime, actor: str, action: str, subject: str, det
     """The exact bytes a record's hash covers."""
     body = {
         "seq": seq,
-        "at": at.astimezone(timezone.utc).isoformat(timespec="microseconds"),
+        "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
         "actor": actor,
         "action": action,
         "subject": subject,
@@ -48,7 +48,7 @@ def next_entry(
     seq, prev_hash = (prev[0] + 1, prev[1]) if prev else (1, GENESIS)
     # Round-trip the details through JSON so what is hashed is exactly what a store reads back.
     details = json.loads(json.dumps(details, ensure_ascii=False, default=str))
-    at = at.astimezone(timezone.utc)
+    at = at.astimezone(UTC)
     return AuditEntry(
         seq=seq,
         at=at,

@@ -7,7 +7,7 @@ instead and never sleep.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 __all__ = ["SystemClock"]
 
@@ -17,7 +17,7 @@ class SystemClock:
 
     def now(self) -> datetime:
         """The current time, timezone-aware, in UTC."""
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def monotonic(self) -> float:
         """Seconds on the process's monotonic scale (``time.monotonic()``)."""

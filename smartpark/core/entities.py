@@ -100,7 +100,7 @@ class Owner(Person):
         created_at: datetime,
         lot_full_opt_out: bool = False,
         wechat_openid: str | None = None,
-    ) -> "Owner":
+    ) -> Owner:
         """A new owner; at least one plate, no plate twice."""
         plates = tuple(plates)
         if not plates:
@@ -185,7 +185,7 @@ class Visitor(Person):
         consent: bool,
         registered_at: datetime,
         valid_until: datetime,
-    ) -> "Visitor":
+    ) -> Visitor:
         """A new visitor; consent to the processing of personal data is required (PIPL)."""
         if consent is not True:
             raise ValidationError(

@@ -34,6 +34,10 @@ class PermissionDenied(SmartparkError):
     """The actor may not do this."""
 
 
+class IntegrityError(SmartparkError):
+    """Stored data failed an integrity check (a broken audit chain, a value that does not decrypt)."""
+
+
 class ConfigError(SmartparkError):
     """plugins.toml or the environment is wrong; raised at start-up."""
 

@@ -91,3 +91,144 @@ class SensitiveDataRevealed(Event):
     subject: str
     field: str
     actor: str
+
+
+# -- at the gate -------------------------------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class DecisionRecorded(Event):
+    """Every gate decision, for booth screens, timelines and plugins (masked plate only)."""
+
+    decision_id: str
+    lane: str
+    direction: str
+    outcome: str
+    reason: str
+    message: str
+    plate: str | None  # masked
+    holder_kind: str | None
+    session_id: str | None
+    order_id: str | None
+    gate_ok: bool | None
+
+
+@attrs.frozen(kw_only=True)
+class VehicleEntered(Event):
+    session_id: str
+    lane: str
+    plate: str  # masked
+    holder_kind: str
+    holder_id: str | None
+
+
+@attrs.frozen(kw_only=True)
+class VehicleExited(Event):
+    session_id: str
+    lane: str
+    plate: str  # masked
+    holder_kind: str
+    holder_id: str | None
+    fee_fen: int
+    minutes: int
+
+
+@attrs.frozen(kw_only=True)
+class VisitorRegistrationRequired(Event):
+    lane: str
+    plate: str  # masked
+    url: str  # the signed, expiring registration link (shown as a QR code at the lane)
+    expires_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class ReadNeedsConfirmation(Event):
+    lane: str
+    raw_text: str
+    confidence: float
+    picture: str | None
+
+
+@attrs.frozen(kw_only=True)
+class EntryRefused(Event):
+    lane: str
+    plate: str  # masked
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class PlateBlockedAlarm(Event):
+    lane: str
+    plate: str  # masked
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class PaymentRequired(Event):
+    lane: str | None
+    order_id: str
+    session_id: str
+    amount_fen: int
+    plate: str  # masked
+
+
+@attrs.frozen(kw_only=True)
+class OrderCreated(Event):
+    order_id: str
+    session_id: str
+    amount_fen: int
+
+
+@attrs.frozen(kw_only=True)
+class PaymentSucceeded(Event):
+    order_id: str
+    session_id: str
+    amount_fen: int
+    channel: str
+    holder_id: str | None
+
+
+@attrs.frozen(kw_only=True)
+class LotFull(Event):
+    occupied: int
+    capacity: int
+
+
+@attrs.frozen(kw_only=True)
+class LotAvailable(Event):
+    occupied: int
+    capacity: int
+
+
+@attrs.frozen(kw_only=True)
+class DeviceOffline(Event):
+    device: str
+    kind: str
+    detail: str
+
+
+@attrs.frozen(kw_only=True)
+class DeviceOnline(Event):
+    device: str
+    kind: str
+
+
+@attrs.frozen(kw_only=True)
+class GateFailed(Event):
+    lane: str
+    detail: str
+
+
+@attrs.frozen(kw_only=True)
+class ManualOpen(Event):
+    lane: str
+    actor: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class Anomaly(Event):
+    """Something the attendant should look at: a second read of a car inside, an exit with no entry, ..."""
+
+    lane: str
+    plate: str | None  # masked
+    kind: str
+    message: str

@@ -48,7 +48,7 @@ def _name(v: str | PersonName) -> PersonName:
 def _reason(reason: str) -> str:
     reason = (reason or "").strip()
     if not reason:
-        raise ValidationError("请填写修改原因", "a reason is required for this change", field="reason")
+        raise ValidationError("请填写原因", "a reason is required", field="reason")
     return reason
 
 
@@ -606,6 +606,21 @@ class BalanceView:
     last_payment_at: datetime | None
 
 
+def post_ledger(uow: Any, owner: Owner, delta: Money, *, kind: str, ref: str, at: datetime, actor: str,
+                note: str = "") -> tuple[LedgerEntry, ev.BalanceChanged]:
+    """Apply one balance change inside ``uow``: ledger entry, owner balance, audit record. The caller checks
+    ``ref`` for idempotency first and publishes the returned event after commit."""
+    entry = LedgerEntry(id=new_id(), owner_id=owner.id, delta=delta, balance_after=owner.balance + delta,
+                        kind=kind, ref=ref, at=at, note=note)
+    owner._set_balance(entry.balance_after)
+    uow.owners.save(owner)
+    uow.ledger.append(entry)
+    uow.audit.append(at=at, actor=actor, action=f"balance.{kind}", subject=f"owner:{owner.id}",
+                     details={"delta_fen": delta.fen, "balance_fen": entry.balance_after.fen, "ref": ref})
+    return entry, ev.BalanceChanged(at=at, owner_id=owner.id, delta_fen=delta.fen,
+                                    balance_fen=entry.balance_after.fen, kind=kind)
+
+
 class BalanceService(_Service):
     """Owners' prepaid balances: every change is a ledger entry with an idempotency key."""
 
@@ -626,15 +641,8 @@ class BalanceService(_Service):
             owner = uow.owners.get(owner_id)
             if owner is None:
                 raise NotFound(f"找不到编号为 {owner_id} 的业主", f"no owner with id {owner_id}")
-            entry = LedgerEntry(id=new_id(), owner_id=owner_id, delta=delta, balance_after=owner.balance + delta,
-                                kind=kind, ref=ref, at=now, note=note)
-            owner._set_balance(entry.balance_after)
-            uow.owners.save(owner)
-            uow.ledger.append(entry)
-            uow.audit.append(at=now, actor=actor, action=f"balance.{kind}", subject=f"owner:{owner_id}",
-                             details={"delta_fen": delta.fen, "balance_fen": entry.balance_after.fen, "ref": ref})
-        self._bus.publish([ev.BalanceChanged(at=now, owner_id=owner_id, delta_fen=delta.fen,
-                                             balance_fen=entry.balance_after.fen, kind=kind)])
+            entry, event = post_ledger(uow, owner, delta, kind=kind, ref=ref, at=now, actor=actor, note=note)
+        self._bus.publish([event])
         return entry
 
     def view(self, owner_id: str, limit: int = 20) -> BalanceView:

@@ -16,7 +16,8 @@ Installing a plugin never enables it: ``plugins.toml`` is an allow-list.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import pluggy
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from typing import Mapping, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
 
 import attrs
 

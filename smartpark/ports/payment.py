@@ -8,8 +8,9 @@ are integer fen. A third-party channel implements only this and passes
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import attrs
 

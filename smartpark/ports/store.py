@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 from ..core.audit import VerifyResult
 from ..core.entities import Announcement, AuditEntry, LedgerEntry, Owner, Visitor
+from ..core.parking import BlockedPlate, Decision, DeviceState, Order, OrderState, ParkingSession
 from ..core.values import IdNumber, Phone, Plate
 
 
@@ -128,6 +129,92 @@ class AuditLog(Protocol):
         ...
 
 
+class SessionRepository(Protocol):
+    """Stays. At most one open session per plate: ``add`` raises ``Conflict`` for a second one."""
+
+    def add(self, session: ParkingSession) -> None: ...
+
+    def save(self, session: ParkingSession) -> None:
+        """Update exit lane/time, fee and note; version-checked like owners (``Conflict``)."""
+        ...
+
+    def get(self, session_id: str) -> ParkingSession | None: ...
+
+    def open_by_plate(self, plate: Plate) -> ParkingSession | None: ...
+
+    def list_open(self, offset: int = 0, limit: int = 100) -> list[ParkingSession]:
+        """Open sessions, oldest entry first."""
+        ...
+
+    def count_open(self) -> int: ...
+
+    def between(self, since: datetime, until: datetime, limit: int = 1000) -> list[ParkingSession]:
+        """Sessions that entered or exited in ``[since, until)``, by entry time."""
+        ...
+
+
+class OrderRepository(Protocol):
+    """Orders. At most one open (created/paying) order per session: ``add`` raises ``Conflict`` for another."""
+
+    def add(self, order: Order) -> None: ...
+
+    def save(self, order: Order) -> None:
+        """Update state, channel, trade numbers, payment time, refunds, lane and transitions; version-checked."""
+        ...
+
+    def get(self, order_id: str) -> Order | None: ...
+
+    def by_out_trade_no(self, out_trade_no: str) -> Order | None: ...
+
+    def for_session(self, session_id: str) -> list[Order]:
+        """The session's orders, oldest first."""
+        ...
+
+    def find(self, *, state: OrderState | None = None, plate: Plate | None = None, since: datetime | None = None,
+             until: datetime | None = None, limit: int = 100) -> list[Order]:
+        """Orders by creation time, newest first, filtered by any of the arguments."""
+        ...
+
+
+class DecisionLog(Protocol):
+    def append(self, decision: Decision) -> None: ...
+
+    def recent(self, lane: str | None = None, limit: int = 50) -> list[Decision]:
+        """Newest first."""
+        ...
+
+    def count_between(self, since: datetime, until: datetime, *, direction: str | None = None,
+                      outcome: str | None = None) -> int: ...
+
+
+class Blocklist(Protocol):
+    def add(self, entry: BlockedPlate) -> None:
+        """Block a plate (replacing an earlier entry for it)."""
+        ...
+
+    def remove(self, plate: Plate) -> bool: ...
+
+    def get(self, plate: Plate) -> BlockedPlate | None: ...
+
+    def list(self) -> list[BlockedPlate]: ...
+
+
+class DeviceRegistry(Protocol):
+    def upsert(self, state: DeviceState) -> None: ...
+
+    def get(self, device: str) -> DeviceState | None: ...
+
+    def list(self) -> list[DeviceState]: ...
+
+
+class LotState(Protocol):
+    """Small named facts about the lot that must survive restarts (e.g. whether it was last seen full)."""
+
+    def get(self, name: str) -> str | None: ...
+
+    def set(self, name: str, value: str) -> None: ...
+
+
 @runtime_checkable
 class UnitOfWork(Protocol):
     owners: OwnerRepository
@@ -135,6 +222,12 @@ class UnitOfWork(Protocol):
     announcements: AnnouncementRepository
     ledger: BalanceLedger
     audit: AuditLog
+    sessions: SessionRepository
+    orders: OrderRepository
+    decisions: DecisionLog
+    blocklist: Blocklist
+    devices: DeviceRegistry
+    lot: LotState
 
 
 @runtime_checkable

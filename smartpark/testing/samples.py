@@ -4,6 +4,10 @@
 phones and plates are valid (real ID check characters) and differ for every
 ``n`` (0 <= n < 100000); owners and visitors never share a value, so tests can
 mix them freely.
+
+``sample_session(n)``, ``sample_order(session)`` and ``sample_decision(n)`` build
+the parking records: stay ``n`` is of plate ``京A{n}`` (owner ``n``'s plate) and
+entered ``n`` minutes after :data:`SAMPLE_TIME`.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 
 from ..core.entities import Announcement, LedgerEntry, Owner, Visitor, new_id
+from ..core.parking import Decision, HolderKind, Order, Outcome, ParkingSession
 from ..core.values import IdNumber, Money, PersonName, Phone, Plate, id_check_char
 
 __all__ = [
-    "SAMPLE_TIME", "sample_announcement", "sample_id_number", "sample_ledger_entry", "sample_owner",
-    "sample_phone", "sample_plate", "sample_visitor",
+    "SAMPLE_TIME", "sample_announcement", "sample_decision", "sample_id_number", "sample_ledger_entry",
+    "sample_order", "sample_owner", "sample_phone", "sample_plate", "sample_session", "sample_visitor",
 ]
 
 #: A fixed, timezone-aware instant in the lot's zone (UTC+8), for reproducible tests.
@@ -111,4 +116,66 @@ def sample_ledger_entry(
     return LedgerEntry(
         id=new_id(), owner_id=owner_id, delta=Money(fen), balance_after=Money(fen * (n + 1)), kind=kind,
         ref=ref or f"ref-{owner_id}-{n}", at=at or SAMPLE_TIME + timedelta(minutes=n), note=f"第{n}笔",
+    )
+
+
+def sample_session(
+    n: int,
+    *,
+    plate: Plate | None = None,
+    holder_kind: HolderKind = HolderKind.UNKNOWN,
+    holder_id: str | None = None,
+    lane: str = "in-1",
+    entered_at: datetime | None = None,
+    note: str = "",
+) -> ParkingSession:
+    """Open stay number ``n``: plate ``京A{n}``, entered at lane ``in-1`` ``n`` minutes after :data:`SAMPLE_TIME`."""
+    _check_n(n)
+    return ParkingSession.start(
+        plate=plate or sample_plate(n), holder_kind=holder_kind, holder_id=holder_id, lane=lane,
+        at=entered_at or SAMPLE_TIME + timedelta(minutes=n), note=note,
+    )
+
+
+def sample_order(
+    session: ParkingSession,
+    *,
+    amount_fen: int = 800,
+    lane: str | None = "out-1",
+    at: datetime | None = None,
+    covers_until: datetime | None = None,
+    actor: str = "system",
+) -> Order:
+    """A new (``created``) order of ``amount_fen`` for ``session``'s stay, made two hours after it entered
+    (``at``) and covering the stay up to then (``covers_until``)."""
+    at = at or session.entered_at + timedelta(hours=2)
+    return Order.create(session_id=session.id, plate=session.plate, amount_fen=amount_fen, lane=lane, at=at,
+                        covers_until=covers_until or at, actor=actor)
+
+
+def sample_decision(
+    n: int = 0,
+    *,
+    lane: str = "in-1",
+    direction: str = "in",
+    plate: Plate | None = None,
+    raw_text: str | None = None,
+    outcome: Outcome = Outcome.OPEN,
+    reason: str = "owner",
+    message: str | None = None,
+    at: datetime | None = None,
+    **extra: object,
+) -> Decision:
+    """Decision number ``n`` for a read of plate ``京A{n}`` at :data:`SAMPLE_TIME` plus ``n`` seconds.
+
+    ``raw_text`` defaults to the plate as a camera prints it (``京A·00042``); ``message`` is Chinese with the
+    plate masked. ``extra`` sets the optional fields (``session_id``, ``order_id``, ``holder_kind``, ``actor``,
+    ``read_event_id``, ``gate_ok``).
+    """
+    _check_n(n)
+    plate = plate or sample_plate(n)
+    return Decision(
+        id=new_id(), at=at or SAMPLE_TIME + timedelta(seconds=n), lane=lane, direction=direction, plate=plate,
+        raw_text=plate.display if raw_text is None else raw_text, outcome=outcome, reason=reason,
+        message=message if message is not None else f"车辆 {plate.masked} 欢迎回家", **extra,  # type: ignore[arg-type]
     )

@@ -123,6 +123,16 @@ class InitTest(CliCase):
         self.assertIn("SMARTPARK_DATA_KEY", result.output)
         self.assertFalse((self.dir / "data" / "smartpark.key").exists())
 
+    def test_init_with_a_bad_key_is_a_configuration_error_and_leaves_no_config(self) -> None:
+        result = self.run_cli("init", str(self.dir), env={"SMARTPARK_DATA_KEY": "not-a-key"})
+        self.assertEqual(result.exit_code, cli.EXIT_CONFIG, result.output)
+        self.assertIn("错误：SMARTPARK_DATA_KEY 中的密钥无效", result.stderr)
+        self.assertFalse(self.config.exists())
+
+    def test_config_may_name_the_folder(self) -> None:
+        self.run_ok("init", str(self.dir))
+        self.assertIn("暂无业主", self.run_ok("owner", "list", config=self.dir).output)
+
     def test_missing_config_is_a_configuration_error(self) -> None:
         result = self.run_cli("owner", "list")
         self.assertEqual(result.exit_code, cli.EXIT_CONFIG, result.output)
@@ -202,6 +212,20 @@ class OwnerCommandsTest(CliCase):
         self.assertIn("余额：¥0.00", out)
         self.assertIn("最近缴费：—", out)
         self.assertEqual(self.run_cli("owner", "balance", "0" * 32).exit_code, cli.EXIT_NOT_FOUND)
+        # a top-up through the service (the CLI has no payment command) shows in the ledger
+        from smartpark.bootstrap import bootstrap
+        from smartpark.core.values import Money
+
+        with mock.patch.dict(os.environ):
+            for name in ("SMARTPARK_DATA_KEY", "SMARTPARK_CONFIG"):
+                os.environ.pop(name, None)  # the key file this folder's init created
+            with bootstrap(self.config) as app:
+                app.balances.post(owner_id, Money(5000), kind="topup", ref="wx-0001", actor="test", note="微信充值")
+        out = self.run_ok("owner", "balance", owner_id).output
+        self.assertIn("余额：¥50.00", out)
+        self.assertRegex(out, r"最近缴费：\d{4}-\d\d-\d\d \d\d:\d\d")
+        self.assertIn("充值", out)
+        self.assertIn("wx-0001", out)
 
     def test_delete_needs_confirmation(self) -> None:
         owner_id = self.add_owner()
@@ -236,6 +260,9 @@ class VisitorCommandsTest(CliCase):
             self.assertIn("137****7000", out)
             self.assertNotIn(ID_3, out)
         self.assertIn(visitor_id, self.run_ok("visitor", "list").output)
+        again = self.run_ok("visitor", "add", *self.VISITOR, "--consent").output
+        self.assertIn("续期", again)
+        self.assertIn(visitor_id, again)
         self.assertEqual(self.run_cli("visitor", "delete", visitor_id, "--reason", "离开").exit_code,
                          cli.EXIT_VALIDATION)
         self.run_ok("visitor", "delete", visitor_id, "--reason", "离开", "--yes")
@@ -254,7 +281,8 @@ class AnnouncementCommandsTest(CliCase):
                           "--until", "2099-01-01 08:00").output
         ann_id = OWNER_ID.search(out).group(1)
         self.assertIn("至 2099-01-01 08:00", out)  # a naive time is in the lot's zone and shown in it
-        self.run_ok("announce", "publish", "--title", "将来的公告", "--body", "内容", "--from", "2098-01-01T00:00+08:00")
+        self.run_ok("announce", "publish", "--title", "将来的公告", "--body", "内容",
+                    "--from", "2098-01-01T00:00+08:00")
         current = self.run_ok("announce", "list").output
         self.assertIn("地库消防检查", current)
         self.assertNotIn("将来的公告", current)
@@ -314,7 +342,8 @@ class ExportImportTest(CliCase):
             self.run_ok("init", other)
             out = self.run_ok("import", str(dump), config=other_cfg).output
             self.assertIn("已导入 2 位业主、1 位访客", out)
-            again = json.loads(self.run_ok("export", "--include-sensitive", "--reason", "核对", config=other_cfg).stdout)
+            again = json.loads(
+                self.run_ok("export", "--include-sensitive", "--reason", "核对", config=other_cfg).stdout)
             before = json.loads(dump.read_text(encoding="utf-8"))
             for key in ("owners", "visitors"):
                 strip = [{k: v for k, v in r.items() if k != "valid_until"} for r in before[key]]
@@ -375,29 +404,16 @@ class ConfigErrorsTest(CliCase):
             self.assertIn("storage_sqlite", result.stderr)
 
     def test_bad_setting_names_the_plugin_and_key(self) -> None:
-        text = self.config.read_text(encoding="utf-8").replace('path = "smartpark.db"', 'path = "smartpark.db"\nfoo = 1')
+        text = self.config.read_text(encoding="utf-8").replace(
+            'path = "smartpark.db"', 'path = "smartpark.db"\nfoo = 1')
         self.config.write_text(text, encoding="utf-8")
         result = self.run_cli("owner", "list")
         self.assertEqual(result.exit_code, cli.EXIT_CONFIG, result.output)
         self.assertIn("[plugins.storage_sqlite] foo", result.stderr)
 
     def test_literal_secret_in_settings_is_refused(self) -> None:
-        from pydantic import SecretStr
-
-        from smartpark.plugins import Plugins
-
-        found = None
-        for spec in Plugins().available().values():
-            model = spec.config_model
-            for field_name, info in (model.model_fields.items() if model else ()):
-                if info.annotation is SecretStr or SecretStr in typing.get_args(info.annotation):
-                    found = (spec.name, field_name)
-                    break
-            if found:
-                break
-        if found is None:
-            self.skipTest("no installed plugin has a Secret setting yet (only storage_sqlite is installed)")
-        name, key = found
+        # sensors_mqtt's broker password is a Secret setting: only { env = "NAME" } is accepted.
+        name, key = "sensors_mqtt", "password"
         text = self.config.read_text(encoding="utf-8").replace(
             'enabled = ["storage_sqlite"]', f'enabled = ["storage_sqlite", "{name}"]')
         text += f'\n[plugins.{name}]\n{key} = "literal-secret-value"\n'
@@ -416,6 +432,21 @@ class PluginsCommandTest(CliCase):
         self.assertIn("存储", row)
         self.assertIn("path = smartpark.db", row)
         self.assertIn("已启用 1 个", out)
+
+    def test_lists_plugins_that_failed_to_load(self) -> None:
+        from importlib.metadata import EntryPoint
+
+        from smartpark import plugins as plugins_module
+
+        real = plugins_module.entry_points
+        broken = EntryPoint(name="broken_plugin", value="smartpark_no_such_module_for_tests", group="smartpark")
+        with mock.patch.object(plugins_module, "entry_points",
+                               side_effect=lambda group: [*real(group=group), broken]):
+            out = self.run_ok("plugins").output
+        row = next(line for line in out.splitlines() if "broken_plugin" in line)
+        self.assertIn("加载失败", row)
+        self.assertIn("ModuleNotFoundError", row)
+        self.assertIn("加载失败 1 个", out)
 
     def test_works_without_a_config_file(self) -> None:
         out = self.run_ok("plugins", config=self.dir / "nowhere" / "plugins.toml").output
@@ -446,7 +477,7 @@ class DemoTest(unittest.TestCase):
     def test_demo_exits_0_with_its_summary(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             keep = Path(tmp) / "demo"
-            result = CliRunner().invoke(cli.app, ["demo", "--keep", str(keep)], env=CLEAN_ENV)
+            result = CliRunner().invoke(cli.app, ["demo", "--records", "--keep", str(keep)], env=CLEAN_ENV)
             self.assertEqual(result.exit_code, 0, result.output)
             self.assertIn("演示小结", result.output)
             self.assertRegex(result.output, r"步骤：(\d+)/\1 符合预期")

@@ -1,4 +1,8 @@
-"""The SQLite store on a real file: nothing sensitive in clear, a tamper-evident audit log, migrations."""
+"""The SQLite store on a real file: nothing sensitive in clear, a tamper-evident audit log, migrations.
+
+Plates are personal data wherever they are kept: registrations, stays, orders, gate
+decisions (with what the camera read) and the blocklist.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,26 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
+import attrs
+
 from smartpark.adapters import storage_sqlite
 from smartpark.adapters.storage_sqlite import migrations
 from smartpark.adapters.storage_sqlite.store import SqliteStore
 from smartpark.core.audit import record_hash
 from smartpark.core.errors import ConfigError
+from smartpark.core.parking import BlockedPlate, HolderKind, Outcome
 from smartpark.core.values import Plate
 from smartpark.security import DecryptionError, KeyRing
-from smartpark.testing.samples import SAMPLE_TIME, sample_ledger_entry, sample_owner, sample_plate, sample_visitor
+from smartpark.testing.samples import (
+    SAMPLE_TIME,
+    sample_decision,
+    sample_ledger_entry,
+    sample_order,
+    sample_owner,
+    sample_plate,
+    sample_session,
+    sample_visitor,
+)
 
 
 class SqliteFileTest(unittest.TestCase):
@@ -64,7 +80,38 @@ class TestNothingSensitiveInClear(SqliteFileTest):
             owner._replace_plate(owner.plates[0], Plate("京B99887"))
             uow.owners.save(owner)
         self.owners[1] = owner
-        self.secrets = self.plain_values(self.owners, self.visitors, extra=[sample_plate(2)])
+        self.add_parking_records()
+        self.secrets = self.plain_values(self.owners, self.visitors, extra=[sample_plate(2), *self.parking_plates])
+        self.secrets += [text.encode("utf-8") for text in self.raw_reads]
+
+    def add_parking_records(self) -> None:
+        """A stay inside, a finished one with a paid order, gate decisions and a blocked plate, each with its own
+        plate; plus an unreadable camera read that is only raw text."""
+        self.parking_plates = [Plate("苏E7N3Q8"), Plate("浙AD98765"), Plate("川A9B8C7"), Plate("鲁B55M77")]
+        self.raw_reads = ["苏E·7N3Q8", "赣K?41X9"]
+        inside = sample_session(1, plate=self.parking_plates[0], holder_kind=HolderKind.VISITOR, holder_id="v-1")
+        done = sample_session(2, plate=self.parking_plates[1])
+        order = sample_order(done, amount_fen=1200)
+        with self.store.unit_of_work() as uow:
+            uow.sessions.add(inside)
+            uow.sessions.add(done)
+            uow.orders.add(order)
+            uow.decisions.append(sample_decision(1, plate=self.parking_plates[0], raw_text=self.raw_reads[0],
+                                                 session_id=inside.id, gate_ok=True))
+            uow.decisions.append(sample_decision(2, plate=self.parking_plates[2], outcome=Outcome.HOLD,
+                                                 reason="unknown_plate"))
+            uow.blocklist.add(BlockedPlate(plate=self.parking_plates[3], reason="逃费", by="admin", at=SAMPLE_TIME))
+        with self.store.unit_of_work() as uow:
+            order = uow.orders.get(order.id)
+            order._start_payment(channel="wechat", out_trade_no="SP-0001", at=order.created_at, actor="visitor")
+            order._mark_paid(channel="wechat", at=order.created_at, actor="wechat-notify", transaction_id="42000")
+            uow.orders.save(order)
+            done = uow.sessions.get(done.id)
+            done._close(lane="out-1", at=order.created_at, fee_fen=1200)
+            uow.sessions.save(done)
+            unreadable = sample_decision(3, outcome=Outcome.HOLD, reason="unreadable", message="未能识别车牌")
+            uow.decisions.append(attrs.evolve(unreadable, plate=None, raw_text=self.raw_reads[1]))
+        self.parking_ids = {"inside": inside.id, "done": done.id, "order": order.id}
 
     @staticmethod
     def plain_values(owners: list, visitors: list, extra: list) -> list[bytes]:
@@ -143,6 +190,127 @@ class TestNothingSensitiveInClear(SqliteFileTest):
         bidx = self.keyring.blind_index("plate", "粤B6K8M2")
         plan = self.raw("EXPLAIN QUERY PLAN SELECT owner_id FROM plates WHERE plate_bidx = ?", (bidx,))
         self.assertIn("PRIMARY KEY", " ".join(str(step[-1]) for step in plan))
+
+    def test_the_parking_records_read_back_through_the_store(self) -> None:
+        inside, done, blocked = self.parking_plates[0], self.parking_plates[1], self.parking_plates[3]
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.sessions.open_by_plate(inside).id, self.parking_ids["inside"])
+            self.assertEqual(uow.sessions.get(self.parking_ids["done"]).plate, done)
+            self.assertEqual(uow.orders.by_out_trade_no("SP-0001").plate, done)
+            self.assertEqual([o.id for o in uow.orders.find(plate=done)], [self.parking_ids["order"]])
+            self.assertEqual([(d.plate, d.raw_text) for d in uow.decisions.recent()],
+                             [(None, self.raw_reads[1]), (self.parking_plates[2], self.parking_plates[2].display),
+                              (inside, self.raw_reads[0])])
+            self.assertEqual(uow.blocklist.get(blocked).reason, "逃费")
+
+    def test_every_parking_plate_is_a_token_with_a_blind_index(self) -> None:
+        for table in ("parking_sessions", "orders", "decisions", "blocklist"):
+            rows = self.raw(f"SELECT plate_enc, plate_bidx FROM {table} WHERE plate_enc IS NOT NULL")
+            self.assertTrue(rows, table)
+            known = {self.keyring.blind_index("plate", str(p)) for p in self.parking_plates}
+            for token, bidx in rows:
+                self.assertTrue(token.startswith("k1:"), (table, token))
+                self.assertIn(bidx, known, table)
+        for (token,) in self.raw("SELECT raw_text_enc FROM decisions"):
+            self.assertTrue(token.startswith("k1:"), token)
+        self.assertEqual(self.raw("SELECT count(*) FROM decisions WHERE plate_enc IS NULL AND plate_bidx IS NULL"),
+                         [(1,)])
+
+    def test_a_parking_plate_copied_to_another_row_does_not_decrypt(self) -> None:
+        self.raw("UPDATE parking_sessions SET plate_enc = (SELECT plate_enc FROM parking_sessions WHERE id = ?)"
+                 " WHERE id = ?", (self.parking_ids["inside"], self.parking_ids["done"]))
+        self.raw("UPDATE orders SET plate_enc = (SELECT plate_enc FROM parking_sessions WHERE id = ?)",
+                 (self.parking_ids["inside"],))
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(DecryptionError):
+                uow.sessions.get(self.parking_ids["done"])
+            with self.assertRaises(DecryptionError):
+                uow.orders.get(self.parking_ids["order"])
+
+    def test_after_rotation_saving_a_stay_or_an_order_rewraps_its_plate(self) -> None:
+        self.store.close()
+        self.keyring.add_key("k2", bytes(range(32)))
+        store = self.open_store()
+        with store.unit_of_work() as uow:
+            session = uow.sessions.open_by_plate(self.parking_plates[0])
+            uow.sessions.save(session)
+            order = uow.orders.get(self.parking_ids["order"])
+            uow.orders.save(order)
+        for table, row_id in (("parking_sessions", session.id), ("orders", order.id)):
+            token = self.raw(f"SELECT plate_enc FROM {table} WHERE id = ?", (row_id,))[0][0]
+            self.assertTrue(token.startswith("k2:"), (table, token))
+        with store.unit_of_work() as uow:
+            self.assertEqual(uow.sessions.get(session.id).plate, self.parking_plates[0])
+            self.assertEqual(uow.orders.get(order.id).plate, self.parking_plates[1])
+
+
+def _statements(store: SqliteStore, call) -> list[str]:
+    """The SQL statements (parameters filled in) that ``call(uow)`` runs, without the unit of work's own."""
+    seen: list[str] = []
+    with store.unit_of_work() as uow:
+        store._conn.set_trace_callback(seen.append)
+        try:
+            call(uow)
+        finally:
+            store._conn.set_trace_callback(None)
+    return seen
+
+
+class TestParkingQueries(SqliteFileTest):
+    """The gate's calls are one statement each and use their indexes (entry/exit must stay well under 1 ms)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.inside = [sample_session(n) for n in range(5)]
+        self.left = sample_session(9)
+        self.left._close(lane="out-1", at=SAMPLE_TIME + timedelta(hours=1), fee_fen=0)
+        self.orders = [sample_order(self.inside[n]) for n in range(3)]
+        with self.store.unit_of_work() as uow:
+            for session in (*self.inside, self.left):
+                uow.sessions.add(session)
+            for order in self.orders:
+                order._start_payment(channel="wechat", out_trade_no=f"SP-{order.id}", at=order.created_at,
+                                     actor="visitor")
+                uow.orders.add(order)
+            for n in range(3):
+                uow.decisions.append(sample_decision(n, lane="in-1"))
+
+    def plan(self, statement: str) -> str:
+        return " | ".join(str(step[-1]) for step in self.raw("EXPLAIN QUERY PLAN " + statement))
+
+    def assert_one_statement_using(self, call, *indexes: str) -> None:
+        statements = _statements(self.store, call)
+        self.assertEqual(len(statements), 1, statements)
+        plan = self.plan(statements[0])
+        for index in indexes:
+            self.assertIn(index, plan)
+        self.assertNotIn("TEMP B-TREE", plan)
+
+    def test_open_by_plate_is_one_probe_of_the_open_stay_index(self) -> None:
+        self.assert_one_statement_using(lambda uow: uow.sessions.open_by_plate(sample_plate(2)),
+                                        "USING INDEX parking_sessions_open_plate (plate_bidx=?)")
+
+    def test_count_open_and_list_open_read_only_the_open_stays(self) -> None:
+        self.assert_one_statement_using(lambda uow: uow.sessions.count_open(), "parking_sessions_open_")
+        self.assert_one_statement_using(lambda uow: uow.sessions.list_open(limit=3), "parking_sessions_open_entered")
+
+    def test_order_lookups_load_transitions_in_the_same_statement(self) -> None:
+        self.assert_one_statement_using(lambda uow: uow.orders.by_out_trade_no(f"SP-{self.orders[1].id}"),
+                                        "sqlite_autoindex_orders", "SEARCH t USING PRIMARY KEY (order_id=?)")
+        self.assert_one_statement_using(lambda uow: uow.orders.find(plate=sample_plate(1)),
+                                        "orders_plate_created_at")
+        self.assert_one_statement_using(lambda uow: uow.orders.find(), "orders_created_at")
+        self.assert_one_statement_using(lambda uow: uow.orders.for_session(self.inside[0].id), "orders_session")
+
+    def test_recent_decisions_of_a_lane_walk_their_index(self) -> None:
+        self.assert_one_statement_using(lambda uow: uow.decisions.recent("in-1", limit=2), "decisions_lane_at")
+
+    def test_a_second_open_stay_is_refused_by_the_schema(self) -> None:
+        bidx = self.keyring.blind_index("plate", str(sample_plate(1)))
+        with self.assertRaises(sqlite3.IntegrityError):
+            self.raw("INSERT INTO parking_sessions (id, plate_enc, plate_bidx, holder_kind, entry_lane, entered_at,"
+                     " note, version) VALUES ('x', 'k1:x', ?, 'unknown', 'in-1', '2024-05-01T00:00:00.000000+00:00',"
+                     " '', 0)", (bidx,))
 
 
 class TestAuditTampering(SqliteFileTest):
@@ -225,6 +393,17 @@ class TestAppendOnlySchema(SqliteFileTest):
             with self.subTest(sql=sql), self.assertRaises(sqlite3.DatabaseError):
                 self.raw(sql)
 
+    def test_the_schema_refuses_updates_and_deletes_of_decisions_and_rewrites_of_order_history(self) -> None:
+        order = sample_order(sample_session(1))
+        with self.store.unit_of_work() as uow:
+            uow.decisions.append(sample_decision(1))
+            uow.orders.add(order)
+        for sql in ("UPDATE decisions SET outcome = 'open'", "DELETE FROM decisions",
+                    "UPDATE order_transitions SET actor = 'x'"):
+            with self.subTest(sql=sql), self.assertRaises(sqlite3.DatabaseError):
+                self.raw(sql)
+        self.assertEqual(self.raw("SELECT count(*) FROM decisions")[0][0], 1)
+
 
 class TestMigrations(SqliteFileTest):
     def test_migrate_applies_everything_once(self) -> None:
@@ -232,7 +411,9 @@ class TestMigrations(SqliteFileTest):
         self.assertEqual(self.store.migrate(), [])
         reopened = self.open_store()
         self.assertEqual(reopened.migrate(), [])
-        self.assertEqual([row[0] for row in self.raw("SELECT version FROM schema_migrations")], [1])
+        self.assertEqual([row[0] for row in self.raw("SELECT version FROM schema_migrations ORDER BY version")],
+                         [m.version for m in migrations.MIGRATIONS])
+        self.assertEqual([m.version for m in migrations.MIGRATIONS], list(range(1, migrations.LATEST_VERSION + 1)))
 
     def test_a_new_database_gets_every_version(self) -> None:
         store = SqliteStore(":memory:", self.keyring)
@@ -250,15 +431,36 @@ class TestMigrations(SqliteFileTest):
             self.store.migrate()
 
     def test_a_failing_migration_leaves_nothing_behind(self) -> None:
-        broken = migrations.Migration(2, "broken", "CREATE TABLE half_done (x INTEGER);\nTHIS IS NOT SQL;\n")
+        latest = migrations.LATEST_VERSION
+        broken = migrations.Migration(latest + 1, "broken", "CREATE TABLE half_done (x INTEGER);\nTHIS IS NOT SQL;\n")
         patched = (*migrations.MIGRATIONS, broken)
         with mock.patch.object(migrations, "MIGRATIONS", patched), \
                 mock.patch("smartpark.adapters.storage_sqlite.store.MIGRATIONS", patched), \
-                mock.patch("smartpark.adapters.storage_sqlite.store.LATEST_VERSION", 2):
+                mock.patch("smartpark.adapters.storage_sqlite.store.LATEST_VERSION", latest + 1):
             with self.assertRaises(sqlite3.OperationalError):
                 self.store.migrate()
-        self.assertEqual(self.store.schema_version(), 1)
+        self.assertEqual(self.store.schema_version(), latest)
         self.assertEqual(self.raw("SELECT name FROM sqlite_master WHERE name = 'half_done'"), [])
+
+    def test_a_version_1_database_is_upgraded_with_its_data_kept(self) -> None:
+        path = self.path.with_name("v1.db")
+        first = migrations.MIGRATIONS[:1]
+        with mock.patch("smartpark.adapters.storage_sqlite.store.MIGRATIONS", first), \
+                mock.patch("smartpark.adapters.storage_sqlite.store.LATEST_VERSION", 1):
+            old = SqliteStore(path, self.keyring)
+            self.assertEqual(old.migrate(), [1])
+            owner = sample_owner(1)
+            with old.unit_of_work() as uow:
+                uow.owners.add(owner)
+            old.close()
+        store = SqliteStore(path, self.keyring)
+        self.addCleanup(store.close)
+        self.assertEqual(store.schema_version(), 1)
+        self.assertEqual(store.migrate(), [2])
+        with store.unit_of_work() as uow:
+            self.assertEqual(uow.owners.by_plate(sample_plate(1)).id, owner.id)
+            uow.sessions.add(sample_session(1, holder_kind=HolderKind.OWNER, holder_id=owner.id))
+            self.assertEqual(uow.sessions.count_open(), 1)
 
     def test_the_database_runs_in_wal_mode_with_foreign_keys(self) -> None:
         self.assertEqual(self.raw("PRAGMA journal_mode")[0][0], "wal")

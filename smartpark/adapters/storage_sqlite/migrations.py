@@ -158,8 +158,137 @@ BEGIN
 END;
 """
 
+_V2_PARKING = """
+-- Stays (one car from its entry read to its exit). "parking_sessions", not "sessions": the web has those.
+-- No foreign keys to owners/visitors: a stay outlives a purged visitor, and "unknown" holders have none.
+CREATE TABLE parking_sessions (
+    seq         INTEGER PRIMARY KEY,                    -- insertion order; ties on entered_at
+    id          TEXT    NOT NULL UNIQUE,
+    plate_enc   TEXT    NOT NULL,
+    plate_bidx  TEXT    NOT NULL,
+    holder_kind TEXT    NOT NULL,                       -- HolderKind value (enum columns are unchecked: a new
+                                                        -- value must not need a table rebuild)
+    holder_id   TEXT,
+    entry_lane  TEXT    NOT NULL,
+    entered_at  TEXT    NOT NULL,
+    exit_lane   TEXT,
+    exited_at   TEXT,                                   -- NULL while the car is inside
+    fee_fen     INTEGER,
+    note        TEXT    NOT NULL,
+    version     INTEGER NOT NULL
+);
+-- One open stay per plate; also the open_by_plate probe.
+CREATE UNIQUE INDEX parking_sessions_open_plate ON parking_sessions (plate_bidx) WHERE exited_at IS NULL;
+-- list_open (oldest entry first) and count_open read only the open rows.
+CREATE INDEX parking_sessions_open_entered ON parking_sessions (entered_at) WHERE exited_at IS NULL;
+-- between(): entered in the window OR exited in it (SQLite's OR optimisation uses both).
+CREATE INDEX parking_sessions_entered_at ON parking_sessions (entered_at);
+CREATE INDEX parking_sessions_exited_at ON parking_sessions (exited_at) WHERE exited_at IS NOT NULL;
+
+-- What a visitor owes for a stay. No foreign key to parking_sessions: payment records outlive stays.
+CREATE TABLE orders (
+    seq            INTEGER PRIMARY KEY,
+    id             TEXT    NOT NULL UNIQUE,
+    session_id     TEXT    NOT NULL,
+    plate_enc      TEXT    NOT NULL,
+    plate_bidx     TEXT    NOT NULL,
+    amount_fen     INTEGER NOT NULL CHECK (amount_fen > 0),
+    lane           TEXT,
+    created_at     TEXT    NOT NULL,
+    state          TEXT    NOT NULL,                    -- OrderState value
+    channel        TEXT,
+    out_trade_no   TEXT    UNIQUE,                      -- NULL until a payment starts; NULLs do not clash
+    transaction_id TEXT,
+    paid_at        TEXT,
+    refunded_fen   INTEGER NOT NULL CHECK (refunded_fen >= 0),
+    covers_until   TEXT,
+    version        INTEGER NOT NULL
+);
+-- At most one open (created/paying) order per stay.
+CREATE UNIQUE INDEX orders_open_session ON orders (session_id) WHERE state IN ('created', 'paying');
+CREATE INDEX orders_session ON orders (session_id, created_at);
+CREATE INDEX orders_created_at ON orders (created_at);
+CREATE INDEX orders_state_created_at ON orders (state, created_at);
+CREATE INDEX orders_plate_created_at ON orders (plate_bidx, created_at);
+
+-- Every state change of an order, in order. Rows are only ever added.
+CREATE TABLE order_transitions (
+    order_id   TEXT    NOT NULL REFERENCES orders (id) ON DELETE CASCADE,
+    position   INTEGER NOT NULL,                        -- 0 = creation
+    at         TEXT    NOT NULL,
+    from_state TEXT    NOT NULL,                        -- '' for the creation
+    to_state   TEXT    NOT NULL,
+    actor      TEXT    NOT NULL,
+    detail     TEXT    NOT NULL,                        -- JSON object
+    PRIMARY KEY (order_id, position)
+) WITHOUT ROWID;
+CREATE TRIGGER order_transitions_no_update BEFORE UPDATE ON order_transitions
+BEGIN
+    SELECT RAISE(ABORT, 'order_transitions is append-only');
+END;
+
+-- What the gate logic decided for each read or action, and why. Append-only.
+CREATE TABLE decisions (
+    seq           INTEGER PRIMARY KEY,
+    id            TEXT    NOT NULL UNIQUE,
+    at            TEXT    NOT NULL,
+    lane          TEXT    NOT NULL,
+    direction     TEXT    NOT NULL,
+    plate_enc     TEXT,                                 -- NULL: no plate was read
+    plate_bidx    TEXT,
+    raw_text_enc  TEXT    NOT NULL,                     -- what the camera read (may be a plate)
+    outcome       TEXT    NOT NULL,
+    reason        TEXT    NOT NULL,
+    message       TEXT    NOT NULL,                     -- Chinese, masked plates only
+    session_id    TEXT,
+    order_id      TEXT,
+    holder_kind   TEXT,
+    actor         TEXT    NOT NULL,
+    read_event_id TEXT,
+    gate_ok       INTEGER CHECK (gate_ok IN (0, 1)),    -- NULL: no gate command
+    CHECK ((plate_enc IS NULL) = (plate_bidx IS NULL))
+);
+CREATE INDEX decisions_lane_at ON decisions (lane, at);
+CREATE INDEX decisions_at ON decisions (at);
+CREATE TRIGGER decisions_no_update BEFORE UPDATE ON decisions
+BEGIN
+    SELECT RAISE(ABORT, 'decisions is append-only');
+END;
+CREATE TRIGGER decisions_no_delete BEFORE DELETE ON decisions
+BEGIN
+    SELECT RAISE(ABORT, 'decisions is append-only');
+END;
+
+-- Plates that may not enter, one row per plate.
+CREATE TABLE blocklist (
+    seq        INTEGER PRIMARY KEY,
+    plate_bidx TEXT    NOT NULL UNIQUE,
+    plate_enc  TEXT    NOT NULL,
+    reason     TEXT    NOT NULL,
+    blocked_by TEXT    NOT NULL,
+    blocked_at TEXT    NOT NULL
+);
+
+-- The last known state of each camera, gate controller, sensor, display.
+CREATE TABLE devices (
+    device    TEXT    PRIMARY KEY,
+    kind      TEXT    NOT NULL,
+    online    INTEGER NOT NULL CHECK (online IN (0, 1)),
+    since     TEXT    NOT NULL,
+    last_seen TEXT    NOT NULL,
+    detail    TEXT    NOT NULL
+) WITHOUT ROWID;
+
+-- Small named facts about the lot that must survive restarts.
+CREATE TABLE lot_state (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1_INITIAL_SCHEMA),
+    Migration(2, "parking: sessions, orders, decisions, blocklist, devices, lot state", _V2_PARKING),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -6,8 +6,9 @@ serialised, within the process by the lock and across processes by SQLite's
 write lock (``busy_timeout``). The database runs in WAL mode with
 ``synchronous=NORMAL``, foreign keys on and ``secure_delete`` on.
 
-ID numbers, phones and plates are stored only as ``KeyRing.encrypt`` tokens bound
-to their place (``"{table}.{column}:{row id}"``) and found through
+ID numbers, phones and plates (also the plates of stays, orders, gate decisions and
+the blocklist, and what a camera read) are stored only as ``KeyRing.encrypt`` tokens
+bound to their place (``"{table}.{column}:{row id}"``) and found through
 ``KeyRing.blind_index`` columns; names are stored in clear so they can be searched.
 Every statement is parameterised. Each repository write runs in a savepoint, so a
 ``Conflict`` leaves the unit of work as it was.
@@ -15,6 +16,7 @@ Every statement is parameterised. Each repository write runs in a savepoint, so 
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import threading
@@ -27,6 +29,17 @@ from typing import Any
 from ...core.audit import VerifyResult, next_entry, verify_chain
 from ...core.entities import Announcement, AuditEntry, LedgerEntry, Owner, Visitor
 from ...core.errors import ConfigError, Conflict
+from ...core.parking import (
+    BlockedPlate,
+    Decision,
+    DeviceState,
+    HolderKind,
+    Order,
+    OrderState,
+    OrderTransition,
+    Outcome,
+    ParkingSession,
+)
 from ...core.values import IdNumber, Money, PersonName, Phone, Plate
 from ...security import ENV_INDEX_VAR, ENV_VAR, KeyRing
 from .migrations import LATEST_VERSION, MIGRATIONS
@@ -50,6 +63,7 @@ class SqliteStore:
         except BaseException:
             self._conn.close()
             raise
+        self._checkpointer = _Checkpointer(str(path)) if str(path) != ":memory:" else None
 
     @contextmanager
     def unit_of_work(self) -> Iterator[_UnitOfWork]:
@@ -86,6 +100,8 @@ class SqliteStore:
             return max(self._applied_versions(), default=0)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             self._conn.close()
 
@@ -137,7 +153,42 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA secure_delete = ON")  # deleted rows (e.g. purged visitors' names) are overwritten
+    conn.execute("PRAGMA wal_autocheckpoint = 0")  # see _Checkpointer
     return conn
+
+
+class _Checkpointer:
+    """Checkpoints the WAL from a thread of its own, on a connection of its own.
+
+    SQLite's automatic checkpoint runs inside whichever commit crosses the threshold, stalling that gate decision
+    by 10-15 ms every ~100 commits; here the writers never checkpoint (``wal_autocheckpoint=0`` on the store's
+    connection) and a PASSIVE checkpoint every second moves the WAL into the database without blocking them.
+    """
+
+    def __init__(self, path: str, interval: float = 1.0) -> None:
+        self._path, self._interval = path, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout = 1000")
+            while not self._stop.wait(self._interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:  # busy or locked now: the next round catches up
+                    pass
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def _refuse_newer(applied: set[int]) -> None:
@@ -171,6 +222,11 @@ def _from_db_or_none(text: str | None) -> datetime | None:
     return _from_db(text) if text is not None else None
 
 
+def _value(item: object) -> object:
+    """An enum member's value (``str(OrderState.PAID)`` would be ``"OrderState.PAID"``), anything else as is."""
+    return item.value if isinstance(item, enum.Enum) else item
+
+
 def _failed_constraint(exc: sqlite3.IntegrityError) -> str:
     """``"table.column"`` of a failed UNIQUE / PRIMARY KEY constraint, ``""`` for any other violation."""
     prefix = "UNIQUE constraint failed: "
@@ -187,7 +243,8 @@ def _id_number_conflict(id_number: IdNumber) -> Conflict:
                     field="id_number")
 
 
-_KIND_ZH = {"owner": "业主", "visitor": "访客", "announcement": "公告", "ledger entry": "账目"}
+_KIND_ZH = {"owner": "业主", "visitor": "访客", "announcement": "公告", "ledger entry": "账目",
+            "session": "停车记录", "order": "订单", "decision": "通行记录"}
 
 
 def _exists_conflict(kind: str) -> Conflict:
@@ -203,6 +260,21 @@ def _other_conflict() -> Conflict:
     return Conflict("数据与已有记录冲突", "the change conflicts with stored data")
 
 
+def _open_session_conflict(plate: Plate) -> Conflict:
+    return Conflict(f"车辆 {plate.masked} 已在场内（已有未结束的停车记录）",
+                    f"plate {plate.masked} already has an open stay", field="plate")
+
+
+def _open_order_conflict(session_id: str) -> Conflict:
+    return Conflict("该停车记录已有未完成的订单（待支付或支付中）",
+                    f"stay {session_id} already has an open (created/paying) order")
+
+
+def _out_trade_no_conflict(out_trade_no: str | None) -> Conflict:
+    return Conflict(f"商户订单号 {out_trade_no} 已被其他订单使用",
+                    f"out_trade_no {out_trade_no} is already used by another order", field="out_trade_no")
+
+
 class _Session:
     """One unit of work's view of the connection: statements, savepoints and field encryption."""
 
@@ -210,6 +282,7 @@ class _Session:
         self._conn: sqlite3.Connection | None = conn
         self._keyring = keyring
         self.audit_key = keyring.audit_key
+        self._indexes: dict[tuple[str, str], str] = {}  # a gate read looks its plate up several times
 
     def end(self) -> None:
         self._conn = None
@@ -224,6 +297,11 @@ class _Session:
 
     def all(self, sql: str, params: Mapping[str, Any] | tuple = ()) -> list[sqlite3.Row]:
         return self.execute(sql, params).fetchall()
+
+    def many(self, sql: str, rows: list[Mapping[str, Any]] | list[tuple]) -> sqlite3.Cursor:
+        if self._conn is None:
+            raise RuntimeError("this unit of work has ended; open a new one with store.unit_of_work()")
+        return self._conn.executemany(sql, rows)
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
@@ -248,7 +326,14 @@ class _Session:
         return self._keyring.needs_rewrap(token)
 
     def blind_index(self, kind: str, value: object) -> str:
-        return self._keyring.blind_index(kind, str(value))
+        key = (kind, str(value))
+        index = self._indexes.get(key)
+        if index is None:
+            index = self._indexes[key] = self._keyring.blind_index(*key)
+        return index
+
+    def seal_or_none(self, place: str, row_id: str, value: object | None) -> str | None:
+        return self.seal(place, row_id, value) if value is not None else None
 
 
 class _Plates:
@@ -663,6 +748,355 @@ def _audit_entry(row: sqlite3.Row) -> AuditEntry:
                       details=details, prev_hash=row["prev_hash"], hash=row["hash"])
 
 
+# -- parking -----------------------------------------------------------------------------------------
+
+class _Sessions:
+    """``parking_sessions``: one row per stay; a partial UNIQUE index allows one open stay per plate."""
+
+    _SELECT = ("SELECT id, plate_enc, holder_kind, holder_id, entry_lane, entered_at, exit_lane, exited_at, fee_fen,"
+               " note, version FROM parking_sessions")
+    _INSERT = (
+        "INSERT INTO parking_sessions (id, plate_enc, plate_bidx, holder_kind, holder_id, entry_lane, entered_at,"
+        " exit_lane, exited_at, fee_fen, note, version)"
+        " VALUES (:id, :plate_enc, :plate_bidx, :holder_kind, :holder_id, :entry_lane, :entered_at,"
+        " :exit_lane, :exited_at, :fee_fen, :note, :version)"
+    )
+    _UPDATE = (  # the plate cannot change; it is re-sealed so a save leaves it under the active key
+        "UPDATE parking_sessions SET plate_enc = :plate_enc, exit_lane = :exit_lane, exited_at = :exited_at,"
+        " fee_fen = :fee_fen, note = :note, version = version + 1 WHERE id = :id AND version = :version"
+    )
+
+    def __init__(self, session: _Session) -> None:
+        self._s = session
+
+    def add(self, session: ParkingSession) -> None:
+        self._write(self._INSERT, session)
+
+    def save(self, session: ParkingSession) -> None:
+        """Update exit lane/time, fee and note; ``Conflict`` if the row changed since it was read."""
+        if self._write(self._UPDATE, session).rowcount == 0:
+            raise _stale_conflict("session")
+        session._bump_version()
+
+    def get(self, session_id: str) -> ParkingSession | None:
+        return self._first(" WHERE id = ?", (session_id,))
+
+    def open_by_plate(self, plate: Plate) -> ParkingSession | None:
+        """One probe of the partial index ``parking_sessions_open_plate``."""
+        return self._first(" WHERE plate_bidx = ? AND exited_at IS NULL", (self._s.blind_index("plate", plate),))
+
+    def list_open(self, offset: int = 0, limit: int = 100) -> list[ParkingSession]:
+        return self._many(" WHERE exited_at IS NULL ORDER BY entered_at, seq LIMIT ? OFFSET ?", (limit, offset))
+
+    def count_open(self) -> int:
+        return self._s.one("SELECT count(*) FROM parking_sessions WHERE exited_at IS NULL")[0]
+
+    def between(self, since: datetime, until: datetime, limit: int = 1000) -> list[ParkingSession]:
+        return self._many(
+            " WHERE (entered_at >= :since AND entered_at < :until) OR (exited_at >= :since AND exited_at < :until)"
+            " ORDER BY entered_at, seq LIMIT :limit",
+            {"since": _to_db(since), "until": _to_db(until), "limit": limit},
+        )
+
+    def _write(self, sql: str, session: ParkingSession) -> sqlite3.Cursor:
+        s, p = self._s, session
+        row = {
+            "id": p.id, "plate_enc": s.seal("parking_sessions.plate_enc", p.id, p.plate),
+            "plate_bidx": s.blind_index("plate", p.plate), "holder_kind": _value(p.holder_kind),
+            "holder_id": p.holder_id, "entry_lane": p.entry_lane, "entered_at": _to_db(p.entered_at),
+            "exit_lane": p.exit_lane, "exited_at": _to_db_or_none(p.exited_at), "fee_fen": p.fee_fen,
+            "note": p.note, "version": p.version,
+        }
+        try:
+            return s.execute(sql, row)
+        except sqlite3.IntegrityError as exc:
+            constraint = _failed_constraint(exc)
+            if constraint == "parking_sessions.plate_bidx":
+                raise _open_session_conflict(p.plate) from exc
+            raise (_exists_conflict("session") if constraint == "parking_sessions.id" else _other_conflict()) from exc
+
+    def _first(self, where: str, params: tuple) -> ParkingSession | None:
+        row = self._s.one(self._SELECT + where, params)
+        return self._session(row) if row is not None else None
+
+    def _many(self, where: str, params: tuple | Mapping[str, Any]) -> list[ParkingSession]:
+        return [self._session(row) for row in self._s.all(self._SELECT + where, params)]
+
+    def _session(self, row: sqlite3.Row) -> ParkingSession:
+        sid = row["id"]
+        return ParkingSession(
+            id=sid, plate=Plate(self._s.unseal("parking_sessions.plate_enc", sid, row["plate_enc"])),
+            holder_kind=HolderKind(row["holder_kind"]), holder_id=row["holder_id"], entry_lane=row["entry_lane"],
+            entered_at=_from_db(row["entered_at"]), exit_lane=row["exit_lane"],
+            exited_at=_from_db_or_none(row["exited_at"]), fee_fen=row["fee_fen"], note=row["note"],
+            version=row["version"],
+        )
+
+
+class _Orders:
+    """``orders`` plus ``order_transitions`` (one row per state change, never updated)."""
+
+    _SELECT = (
+        "SELECT o.id, o.session_id, o.plate_enc, o.amount_fen, o.lane, o.created_at, o.state, o.channel,"
+        " o.out_trade_no, o.transaction_id, o.paid_at, o.refunded_fen, o.covers_until, o.version,"
+        " (SELECT json_group_array(json_array(t.position, t.at, t.from_state, t.to_state, t.actor, json(t.detail)))"
+        "  FROM order_transitions t WHERE t.order_id = o.id) AS transitions"
+        " FROM orders o"
+    )
+    _INSERT = (
+        "INSERT INTO orders (id, session_id, plate_enc, plate_bidx, amount_fen, lane, created_at, state, channel,"
+        " out_trade_no, transaction_id, paid_at, refunded_fen, covers_until, version)"
+        " VALUES (:id, :session_id, :plate_enc, :plate_bidx, :amount_fen, :lane, :created_at, :state, :channel,"
+        " :out_trade_no, :transaction_id, :paid_at, :refunded_fen, :covers_until, :version)"
+    )
+    _UPDATE = (
+        "UPDATE orders SET plate_enc = :plate_enc, lane = :lane, state = :state, channel = :channel,"
+        " out_trade_no = :out_trade_no, transaction_id = :transaction_id, paid_at = :paid_at,"
+        " refunded_fen = :refunded_fen, version = version + 1 WHERE id = :id AND version = :version"
+    )
+    _INSERT_TRANSITION = (  # a save re-offers every transition; the ones already stored are skipped
+        "INSERT INTO order_transitions (order_id, position, at, from_state, to_state, actor, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_id, position) DO NOTHING"
+    )
+    _NEWEST_FIRST = " ORDER BY o.created_at DESC, o.seq DESC LIMIT :limit"
+
+    def __init__(self, session: _Session) -> None:
+        self._s = session
+
+    def add(self, order: Order) -> None:
+        with self._s.atomic():
+            self._write(self._INSERT, order)
+            self._write_transitions(order)
+
+    def save(self, order: Order) -> None:
+        """Update state, channel, trade numbers, payment time, refunds, lane and transitions; version-checked."""
+        with self._s.atomic():
+            if self._write(self._UPDATE, order).rowcount == 0:
+                raise _stale_conflict("order")
+            self._write_transitions(order)
+        order._bump_version()
+
+    def get(self, order_id: str) -> Order | None:
+        return self._first(" WHERE o.id = ?", (order_id,))
+
+    def by_out_trade_no(self, out_trade_no: str) -> Order | None:
+        return self._first(" WHERE o.out_trade_no = ?", (out_trade_no,))
+
+    def for_session(self, session_id: str) -> list[Order]:
+        return self._many(" WHERE o.session_id = ? ORDER BY o.created_at, o.seq", (session_id,))
+
+    def find(self, *, state: OrderState | None = None, plate: Plate | None = None, since: datetime | None = None,
+             until: datetime | None = None, limit: int = 100) -> list[Order]:
+        """Newest first by ``created_at`` (the later-added first on equal times); ``since <= created_at < until``."""
+        clauses: list[str] = []
+        params: dict[str, Any] = {"limit": limit}
+        if state is not None:
+            clauses.append("o.state = :state")
+            params["state"] = _value(state)
+        if plate is not None:
+            clauses.append("o.plate_bidx = :plate_bidx")
+            params["plate_bidx"] = self._s.blind_index("plate", plate)
+        if since is not None:
+            clauses.append("o.created_at >= :since")
+            params["since"] = _to_db(since)
+        if until is not None:
+            clauses.append("o.created_at < :until")
+            params["until"] = _to_db(until)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        return self._many(where + self._NEWEST_FIRST, params)
+
+    def _write(self, sql: str, order: Order) -> sqlite3.Cursor:
+        s, o = self._s, order
+        row = {
+            "id": o.id, "session_id": o.session_id, "plate_enc": s.seal("orders.plate_enc", o.id, o.plate),
+            "plate_bidx": s.blind_index("plate", o.plate), "amount_fen": o.amount_fen, "lane": o.lane,
+            "created_at": _to_db(o.created_at), "state": _value(o.state), "channel": o.channel,
+            "out_trade_no": o.out_trade_no, "transaction_id": o.transaction_id, "paid_at": _to_db_or_none(o.paid_at),
+            "refunded_fen": o.refunded_fen, "covers_until": _to_db_or_none(o.covers_until), "version": o.version,
+        }
+        try:
+            return s.execute(sql, row)
+        except sqlite3.IntegrityError as exc:
+            constraint = _failed_constraint(exc)
+            if constraint == "orders.session_id":
+                raise _open_order_conflict(o.session_id) from exc
+            if constraint == "orders.out_trade_no":
+                raise _out_trade_no_conflict(o.out_trade_no) from exc
+            raise (_exists_conflict("order") if constraint == "orders.id" else _other_conflict()) from exc
+
+    def _write_transitions(self, order: Order) -> None:
+        self._s.many(self._INSERT_TRANSITION, [
+            (order.id, position, _to_db(t.at), t.from_state, t.to_state, t.actor,
+             json.dumps(t.detail, ensure_ascii=False, sort_keys=True))
+            for position, t in enumerate(order.transitions)
+        ])
+
+    def _first(self, where: str, params: tuple) -> Order | None:
+        row = self._s.one(self._SELECT + where, params)
+        return self._order(row) if row is not None else None
+
+    def _many(self, where: str, params: tuple | Mapping[str, Any]) -> list[Order]:
+        return [self._order(row) for row in self._s.all(self._SELECT + where, params)]
+
+    def _order(self, row: sqlite3.Row) -> Order:
+        oid = row["id"]
+        transitions = sorted(json.loads(row["transitions"]), key=lambda t: t[0])
+        return Order(
+            id=oid, session_id=row["session_id"],
+            plate=Plate(self._s.unseal("orders.plate_enc", oid, row["plate_enc"])),
+            amount_fen=row["amount_fen"], lane=row["lane"], created_at=_from_db(row["created_at"]),
+            state=OrderState(row["state"]), channel=row["channel"], out_trade_no=row["out_trade_no"],
+            transaction_id=row["transaction_id"], paid_at=_from_db_or_none(row["paid_at"]),
+            refunded_fen=row["refunded_fen"], covers_until=_from_db_or_none(row["covers_until"]),
+            transitions=tuple(OrderTransition(_from_db(at), from_state, to_state, actor, detail)
+                              for _, at, from_state, to_state, actor, detail in transitions),
+            version=row["version"],
+        )
+
+
+class _Decisions:
+    """``decisions``: append-only (triggers refuse UPDATE and DELETE)."""
+
+    _SELECT = ("SELECT id, at, lane, direction, plate_enc, raw_text_enc, outcome, reason, message, session_id,"
+               " order_id, holder_kind, actor, read_event_id, gate_ok FROM decisions")
+    _INSERT = (
+        "INSERT INTO decisions (id, at, lane, direction, plate_enc, plate_bidx, raw_text_enc, outcome, reason,"
+        " message, session_id, order_id, holder_kind, actor, read_event_id, gate_ok)"
+        " VALUES (:id, :at, :lane, :direction, :plate_enc, :plate_bidx, :raw_text_enc, :outcome, :reason,"
+        " :message, :session_id, :order_id, :holder_kind, :actor, :read_event_id, :gate_ok)"
+    )
+    _NEWEST_FIRST = " ORDER BY at DESC, seq DESC LIMIT ?"
+
+    def __init__(self, session: _Session) -> None:
+        self._s = session
+
+    def append(self, decision: Decision) -> None:
+        s, d = self._s, decision
+        row = {
+            "id": d.id, "at": _to_db(d.at), "lane": d.lane, "direction": _value(d.direction),
+            "plate_enc": s.seal_or_none("decisions.plate_enc", d.id, d.plate),
+            "plate_bidx": s.blind_index("plate", d.plate) if d.plate is not None else None,
+            "raw_text_enc": s.seal("decisions.raw_text_enc", d.id, d.raw_text), "outcome": _value(d.outcome),
+            "reason": d.reason, "message": d.message, "session_id": d.session_id, "order_id": d.order_id,
+            "holder_kind": _value(d.holder_kind), "actor": d.actor, "read_event_id": d.read_event_id,
+            "gate_ok": int(d.gate_ok) if d.gate_ok is not None else None,
+        }
+        try:
+            s.execute(self._INSERT, row)
+        except sqlite3.IntegrityError as exc:
+            raise (_exists_conflict("decision") if _failed_constraint(exc) == "decisions.id"
+                   else _other_conflict()) from exc
+
+    def recent(self, lane: str | None = None, limit: int = 50) -> list[Decision]:
+        """Newest first by ``at`` (the later-appended first on equal times)."""
+        if lane is None:
+            rows = self._s.all(self._SELECT + self._NEWEST_FIRST, (limit,))
+        else:
+            rows = self._s.all(self._SELECT + " WHERE lane = ?" + self._NEWEST_FIRST, (lane, limit))
+        return [self._decision(row) for row in rows]
+
+    def count_between(self, since: datetime, until: datetime, *, direction: str | None = None,
+                      outcome: str | None = None) -> int:
+        """Decisions with ``since <= at < until``, of that direction and outcome when given."""
+        sql = "SELECT count(*) FROM decisions WHERE at >= :since AND at < :until"
+        params: dict[str, Any] = {"since": _to_db(since), "until": _to_db(until)}
+        if direction is not None:
+            sql += " AND direction = :direction"
+            params["direction"] = _value(direction)
+        if outcome is not None:
+            sql += " AND outcome = :outcome"
+            params["outcome"] = _value(outcome)
+        return self._s.one(sql, params)[0]
+
+    def _decision(self, row: sqlite3.Row) -> Decision:
+        s, did = self._s, row["id"]
+        plate_enc, gate_ok = row["plate_enc"], row["gate_ok"]
+        return Decision(
+            id=did, at=_from_db(row["at"]), lane=row["lane"], direction=row["direction"],
+            plate=Plate(s.unseal("decisions.plate_enc", did, plate_enc)) if plate_enc is not None else None,
+            raw_text=s.unseal("decisions.raw_text_enc", did, row["raw_text_enc"]), outcome=Outcome(row["outcome"]),
+            reason=row["reason"], message=row["message"], session_id=row["session_id"], order_id=row["order_id"],
+            holder_kind=row["holder_kind"], actor=row["actor"], read_event_id=row["read_event_id"],
+            gate_ok=bool(gate_ok) if gate_ok is not None else None,
+        )
+
+
+class _Blocklist:
+    """``blocklist``: one row per plate (``plate_bidx`` UNIQUE); ``add`` replaces an earlier entry in place."""
+
+    _SELECT = "SELECT plate_bidx, plate_enc, reason, blocked_by, blocked_at FROM blocklist"
+
+    def __init__(self, session: _Session) -> None:
+        self._s = session
+
+    def add(self, entry: BlockedPlate) -> None:
+        bidx = self._s.blind_index("plate", entry.plate)
+        self._s.execute(
+            "INSERT INTO blocklist (plate_bidx, plate_enc, reason, blocked_by, blocked_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (plate_bidx) DO UPDATE SET plate_enc = excluded.plate_enc, reason = excluded.reason,"
+            " blocked_by = excluded.blocked_by, blocked_at = excluded.blocked_at",
+            (bidx, self._s.seal("blocklist.plate_enc", bidx, entry.plate), entry.reason, entry.by, _to_db(entry.at)),
+        )
+
+    def remove(self, plate: Plate) -> bool:
+        return self._s.execute("DELETE FROM blocklist WHERE plate_bidx = ?",
+                               (self._s.blind_index("plate", plate),)).rowcount > 0
+
+    def get(self, plate: Plate) -> BlockedPlate | None:
+        row = self._s.one(self._SELECT + " WHERE plate_bidx = ?", (self._s.blind_index("plate", plate),))
+        return self._entry(row) if row is not None else None
+
+    def list(self) -> list[BlockedPlate]:
+        """Oldest block first (first added first on equal times)."""
+        return [self._entry(row) for row in self._s.all(self._SELECT + " ORDER BY blocked_at, seq")]
+
+    def _entry(self, row: sqlite3.Row) -> BlockedPlate:
+        plate = Plate(self._s.unseal("blocklist.plate_enc", row["plate_bidx"], row["plate_enc"]))
+        return BlockedPlate(plate=plate, reason=row["reason"], by=row["blocked_by"], at=_from_db(row["blocked_at"]))
+
+
+class _Devices:
+    _SELECT = "SELECT device, kind, online, since, last_seen, detail FROM devices"
+
+    def __init__(self, session: _Session) -> None:
+        self._s = session
+
+    def upsert(self, state: DeviceState) -> None:
+        d = state
+        self._s.execute(
+            "INSERT INTO devices (device, kind, online, since, last_seen, detail) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (device) DO UPDATE SET kind = excluded.kind, online = excluded.online,"
+            " since = excluded.since, last_seen = excluded.last_seen, detail = excluded.detail",
+            (d.device, d.kind, int(d.online), _to_db(d.since), _to_db(d.last_seen), d.detail),
+        )
+
+    def get(self, device: str) -> DeviceState | None:
+        row = self._s.one(self._SELECT + " WHERE device = ?", (device,))
+        return _device_state(row) if row is not None else None
+
+    def list(self) -> list[DeviceState]:
+        """By device id."""
+        return [_device_state(row) for row in self._s.all(self._SELECT + " ORDER BY device")]
+
+
+def _device_state(row: sqlite3.Row) -> DeviceState:
+    return DeviceState(device=row["device"], kind=row["kind"], online=bool(row["online"]),
+                       since=_from_db(row["since"]), last_seen=_from_db(row["last_seen"]), detail=row["detail"])
+
+
+class _Lot:
+    def __init__(self, session: _Session) -> None:
+        self._s = session
+
+    def get(self, name: str) -> str | None:
+        row = self._s.one("SELECT value FROM lot_state WHERE name = ?", (name,))
+        return row[0] if row is not None else None
+
+    def set(self, name: str, value: str) -> None:
+        self._s.execute("INSERT INTO lot_state (name, value) VALUES (?, ?)"
+                        " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+
+
 class _UnitOfWork:
     """The repositories of one transaction."""
 
@@ -673,3 +1107,9 @@ class _UnitOfWork:
         self.announcements = _Announcements(session)
         self.ledger = _Ledger(session)
         self.audit = _Audit(session)
+        self.sessions = _Sessions(session)
+        self.orders = _Orders(session)
+        self.decisions = _Decisions(session)
+        self.blocklist = _Blocklist(session)
+        self.devices = _Devices(session)
+        self.lot = _Lot(session)

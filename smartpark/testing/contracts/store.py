@@ -20,7 +20,20 @@ Rules pinned down here beyond the port's docstrings:
 * every repository write is all-or-nothing: a ``Conflict`` leaves the unit of work
   as it was, so a caller that catches it can go on and commit;
 * a unit of work is not re-entrant (``RuntimeError``), serialises with other
-  threads' units of work, and its repositories refuse use after it ends.
+  threads' units of work, and its repositories refuse use after it ends;
+* stays: ``list_open`` ties on entry time keep ``add`` order; adding a *closed* stay
+  for a plate that is inside is allowed (only open stays clash); ``between`` and
+  ``for_session`` keep ``add`` order on equal entry/creation times;
+* orders: ``find``'s window is ``since <= created_at < until``, ties newest-added
+  first; an ``out_trade_no`` belongs to one order (``Conflict`` on add or save) and
+  a save that moves an order to a new ``out_trade_no`` frees the old one; saves
+  change only what the port names (state, channel, trade numbers, payment time,
+  refunds, lane, transitions), transitions come back in order;
+* decisions: ``recent`` ties later-appended first; ``count_between`` is
+  ``since <= at < until``; appending an existing id raises ``Conflict``;
+* the blocklist lists oldest block first (a replaced entry keeps its place on equal
+  times); devices list by device id;
+* Conflicts about stays name the plate masked only.
 """
 
 from __future__ import annotations
@@ -33,16 +46,30 @@ from typing import TYPE_CHECKING
 from ...core.audit import GENESIS
 from ...core.entities import Owner, Visitor
 from ...core.errors import Conflict
+from ...core.parking import (
+    BlockedPlate,
+    Decision,
+    DeviceState,
+    HolderKind,
+    Order,
+    OrderState,
+    OrderTransition,
+    Outcome,
+    ParkingSession,
+)
 from ...core.values import IdNumber, Money, PersonName, Phone, Plate
 from ...ports.store import Store, UnitOfWork
 from ..samples import (
     SAMPLE_TIME,
     sample_announcement,
+    sample_decision,
     sample_id_number,
     sample_ledger_entry,
+    sample_order,
     sample_owner,
     sample_phone,
     sample_plate,
+    sample_session,
     sample_visitor,
 )
 
@@ -563,6 +590,568 @@ class StoreContract(_TestCase):
             result = uow.audit.verify()
         self.assertTrue(result.ok, result)
         self.assertEqual(result.checked, 5)
+
+    # -- parking: helpers ---------------------------------------------------------------------------
+    def add_parking(self, *items: ParkingSession | Order) -> None:
+        with self.store.unit_of_work() as uow:
+            for item in items:
+                (uow.sessions if isinstance(item, ParkingSession) else uow.orders).add(item)
+
+    def save_parking(self, item: ParkingSession | Order) -> None:
+        with self.store.unit_of_work() as uow:
+            (uow.sessions if isinstance(item, ParkingSession) else uow.orders).save(item)
+
+    def load_session(self, session_id: str) -> ParkingSession:
+        with self.store.unit_of_work() as uow:
+            session = uow.sessions.get(session_id)
+        self.assertIsNotNone(session)
+        return session
+
+    def load_order(self, order_id: str) -> Order:
+        with self.store.unit_of_work() as uow:
+            order = uow.orders.get(order_id)
+        self.assertIsNotNone(order)
+        return order
+
+    def closed_session(self, n: int, entered: timedelta, exited: timedelta, fee_fen: int = 0) -> ParkingSession:
+        """Stay ``n`` that entered and left at those offsets from ``SAMPLE_TIME``."""
+        session = sample_session(n, entered_at=SAMPLE_TIME + entered)
+        session._close(lane="out-1", at=SAMPLE_TIME + exited, fee_fen=fee_fen)
+        return session
+
+    def assert_fields(self, got: object, want: object, names: list[str]) -> None:
+        """Entities compare by id; this compares every named field and that times come back aware."""
+        self.assertIsNotNone(got)
+        self.assertIs(type(got), type(want))
+        for name in names:
+            self.assertEqual(getattr(got, name), getattr(want, name), name)
+            value = getattr(got, name)
+            if hasattr(value, "tzinfo"):
+                self.assertIsNotNone(value.tzinfo, f"{name} must come back timezone-aware")
+
+    def assert_session_fields(self, got: ParkingSession | None, want: ParkingSession) -> None:
+        self.assert_fields(got, want, ["id", "plate", "holder_kind", "holder_id", "entry_lane", "entered_at",
+                                       "exit_lane", "exited_at", "fee_fen", "note", "version"])
+
+    def assert_order_fields(self, got: Order | None, want: Order) -> None:
+        self.assert_fields(got, want, ["id", "session_id", "plate", "amount_fen", "lane", "created_at", "state",
+                                       "channel", "out_trade_no", "transaction_id", "paid_at", "refunded_fen",
+                                       "covers_until", "transitions", "version"])
+        for transition in got.transitions:
+            self.assertIsNotNone(transition.at.tzinfo, "transition times must come back timezone-aware")
+
+    def session_ids(self, sessions: list[ParkingSession] | list[Order]) -> list[str]:
+        return [s.id for s in sessions]
+
+    # -- parking: sessions --------------------------------------------------------------------------
+    def test_session_round_trips_every_field(self) -> None:
+        inside = sample_session(1, holder_kind=HolderKind.OWNER, holder_id="owner-1", lane="东门入口",
+                                note="人工登记：识别失败")
+        done = ParkingSession.start(plate=Plate("粤B12345D"), holder_kind=HolderKind.VISITOR, holder_id="visitor-7",
+                                    lane="in-2", at=SAMPLE_TIME)
+        done._close(lane="out-2", at=SAMPLE_TIME + timedelta(hours=3, microseconds=7), fee_fen=1500, note="现金")
+        self.add_parking(inside, done)
+        self.assert_session_fields(self.load_session(inside.id), inside)
+        got = self.load_session(done.id)
+        self.assert_session_fields(got, done)
+        self.assertEqual((got.exit_lane, got.fee_fen, got.note), ("out-2", 1500, "现金"))
+        self.assertIs(type(got.fee_fen), int)
+        self.assertEqual(got.holder_kind, HolderKind.VISITOR)
+        self.assertFalse(got.is_open)
+
+    def test_unknown_session_lookups_return_nothing(self) -> None:
+        self.add(sample_owner(1))
+        with self.store.unit_of_work() as uow:
+            self.assertIsNone(uow.sessions.get("no-such-id"))
+            self.assertIsNone(uow.sessions.open_by_plate(sample_plate(1)))
+            self.assertEqual(uow.sessions.list_open(), [])
+            self.assertEqual(uow.sessions.count_open(), 0)
+
+    def test_open_by_plate_finds_only_the_plates_open_stay(self) -> None:
+        earlier = self.closed_session(1, timedelta(hours=-5), timedelta(hours=-4))
+        now, other = sample_session(1), sample_session(2)
+        self.add_parking(earlier, now, other)
+        with self.store.unit_of_work() as uow:
+            self.assert_session_fields(uow.sessions.open_by_plate(sample_plate(1)), now)
+            self.assert_session_fields(uow.sessions.open_by_plate(sample_plate(2)), other)
+            self.assertIsNone(uow.sessions.open_by_plate(sample_plate(3)))
+        now._close(lane="out-1", at=SAMPLE_TIME + timedelta(hours=1), fee_fen=0)
+        self.save_parking(now)
+        with self.store.unit_of_work() as uow:
+            self.assertIsNone(uow.sessions.open_by_plate(sample_plate(1)))
+
+    def test_a_second_open_stay_for_a_plate_conflicts_masked_and_writes_nothing(self) -> None:
+        first = sample_session(1)
+        twin = sample_session(2, plate=sample_plate(1), entered_at=SAMPLE_TIME + timedelta(minutes=30))
+        with self.store.unit_of_work() as uow:
+            uow.sessions.add(first)
+            with self.assertRaises(Conflict) as caught:
+                uow.sessions.add(twin)
+            uow.sessions.add(sample_session(3))  # the unit of work goes on and commits
+        message = str(caught.exception)
+        for plain in (str(sample_plate(1)), str(sample_plate(1))[1:]):
+            self.assertNotIn(plain, message)
+        self.assertIn(sample_plate(1).masked, message)
+        with self.store.unit_of_work() as uow:
+            self.assertIsNone(uow.sessions.get(twin.id))
+            self.assertEqual(uow.sessions.count_open(), 2)
+            self.assertEqual(uow.sessions.open_by_plate(sample_plate(1)).id, first.id)
+
+    def test_a_plate_may_enter_again_once_its_stay_is_closed(self) -> None:
+        first = sample_session(1)
+        self.add_parking(first)
+        first._close(lane="out-1", at=SAMPLE_TIME + timedelta(hours=1), fee_fen=0)
+        self.save_parking(first)
+        again = sample_session(1, entered_at=SAMPLE_TIME + timedelta(hours=2))
+        history = self.closed_session(1, timedelta(days=-3), timedelta(days=-2))  # closed stays never clash
+        self.add_parking(again, history)
+        with self.assertRaises(Conflict):
+            self.add_parking(sample_session(1, entered_at=SAMPLE_TIME + timedelta(hours=3)))
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.sessions.open_by_plate(sample_plate(1)).id, again.id)
+            self.assertEqual(uow.sessions.count_open(), 1)
+
+    def test_adding_a_session_twice_conflicts(self) -> None:
+        session = self.closed_session(1, timedelta(0), timedelta(hours=1))
+        self.add_parking(session)
+        with self.assertRaises(Conflict):
+            self.add_parking(session)
+
+    def test_list_open_is_oldest_entry_first_and_pages(self) -> None:
+        offsets = [30, 10, 50, 10, 20]  # minutes after SAMPLE_TIME; two ties
+        sessions = [sample_session(n, entered_at=SAMPLE_TIME + timedelta(minutes=m)) for n, m in enumerate(offsets)]
+        gone = self.closed_session(9, timedelta(minutes=-10), timedelta(minutes=5))
+        self.add_parking(*sessions[:2], gone, *sessions[2:])
+        want = [sessions[1], sessions[3], sessions[4], sessions[0], sessions[2]]
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(self.session_ids(uow.sessions.list_open()), self.session_ids(want))
+            self.assertEqual(self.session_ids(uow.sessions.list_open(offset=1, limit=2)), self.session_ids(want[1:3]))
+            self.assertEqual(uow.sessions.list_open(offset=5), [])
+            self.assertEqual(uow.sessions.count_open(), 5)
+
+    def test_count_open_follows_entries_and_exits(self) -> None:
+        sessions = [sample_session(n) for n in range(4)]
+        self.add_parking(*sessions)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.sessions.count_open(), 4)
+            for session in sessions[:3]:
+                session._close(lane="out-1", at=SAMPLE_TIME + timedelta(hours=1), fee_fen=0)
+                uow.sessions.save(session)
+            self.assertEqual(uow.sessions.count_open(), 1)
+            uow.sessions.add(sample_session(0, entered_at=SAMPLE_TIME + timedelta(hours=2)))
+            self.assertEqual(uow.sessions.count_open(), 2)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.sessions.count_open(), 2)
+
+    def test_session_save_records_the_exit_and_bumps_the_version(self) -> None:
+        added = sample_session(1, note="入场")
+        self.add_parking(added)
+        session = self.load_session(added.id)
+        session._close(lane="out-3", at=SAMPLE_TIME + timedelta(hours=2, microseconds=5), fee_fen=600, note="扫码支付")
+        self.save_parking(session)
+        self.assertEqual(session.version, 1)
+        got = self.load_session(added.id)
+        self.assert_session_fields(got, session)
+        self.assertEqual(got.note, "入场; 扫码支付")
+        self.save_parking(got)
+        self.assertEqual(self.load_session(added.id).version, 2)
+
+    def test_the_second_of_two_session_saves_of_the_same_version_conflicts(self) -> None:
+        added = sample_session(1)
+        self.add_parking(added)
+        first, second = self.load_session(added.id), self.load_session(added.id)
+        first._close(lane="out-1", at=SAMPLE_TIME + timedelta(hours=1), fee_fen=100)
+        second._close(lane="out-2", at=SAMPLE_TIME + timedelta(hours=2), fee_fen=200)
+        self.save_parking(first)
+        with self.assertRaises(Conflict):
+            self.save_parking(second)
+        self.assert_session_fields(self.load_session(added.id), first)
+        with self.assertRaises(Conflict):
+            self.save_parking(sample_session(2))  # never added
+
+    def test_between_returns_stays_entered_or_exited_in_the_half_open_window_by_entry_time(self) -> None:
+        h = timedelta(hours=1)
+        exited_at_since = self.closed_session(1, 0 * h, 1 * h)
+        exited_at_until = self.closed_session(2, 0 * h, 3 * h)
+        entered_at_since = sample_session(3, entered_at=SAMPLE_TIME + h)
+        entered_inside = self.closed_session(4, 2 * h, 5 * h)
+        spanning = self.closed_session(5, 0 * h, 5 * h)
+        entered_at_until = sample_session(6, entered_at=SAMPLE_TIME + 3 * h)
+        exited_inside = self.closed_session(7, -24 * h, 3 * h - timedelta(microseconds=1))
+        tie = sample_session(8, entered_at=SAMPLE_TIME + h)
+        self.add_parking(exited_at_since, exited_at_until, entered_at_since, entered_inside, spanning,
+                         entered_at_until, exited_inside, tie)
+        want = [exited_inside, exited_at_since, entered_at_since, tie, entered_inside]
+        since, until = SAMPLE_TIME + h, SAMPLE_TIME + 3 * h
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(self.session_ids(uow.sessions.between(since, until)), self.session_ids(want))
+            self.assertEqual(self.session_ids(uow.sessions.between(since, until, limit=2)),
+                             self.session_ids(want[:2]))
+            in_utc = uow.sessions.between(since.astimezone(timezone.utc), until.astimezone(timezone.utc))
+            self.assertEqual(self.session_ids(in_utc), self.session_ids(want))
+            self.assertEqual(uow.sessions.between(until + 3 * h, until + 4 * h), [])
+
+    def test_a_loaded_session_is_detached_from_the_store(self) -> None:
+        added = sample_session(1)
+        self.add_parking(added)
+        loaded = self.load_session(added.id)
+        loaded._close(lane="out-1", at=SAMPLE_TIME + timedelta(hours=1), fee_fen=500)
+        added._close(lane="out-1", at=SAMPLE_TIME + timedelta(hours=1), fee_fen=500)
+        got = self.load_session(added.id)
+        self.assertTrue(got.is_open)
+        self.assertIsNone(got.fee_fen)
+
+    # -- parking: orders ----------------------------------------------------------------------------
+    def test_order_round_trips_every_field_and_its_transitions(self) -> None:
+        session = sample_session(1)
+        order = sample_order(session, amount_fen=1250, lane="出口2", actor="门岗 1")
+        self.add_parking(session, order)
+        self.assert_order_fields(self.load_order(order.id), order)
+        order = self.load_order(order.id)
+        paid_at = SAMPLE_TIME + timedelta(hours=2, minutes=1, microseconds=9)
+        order._start_payment(channel="wechat", out_trade_no="SP20240501000001", at=paid_at - timedelta(seconds=40),
+                             actor="visitor")
+        order._mark_paid(channel="wechat", at=paid_at, actor="wechat-notify", transaction_id="4200001234",
+                         amount_fen=1250)
+        order._set_lane(None)
+        self.save_parking(order)
+        got = self.load_order(order.id)
+        self.assert_order_fields(got, order)
+        self.assertEqual([(t.from_state, t.to_state) for t in got.transitions],
+                         [("", "created"), ("created", "paying"), ("paying", "paid")])
+        self.assertEqual(got.transitions[1].detail, {"channel": "wechat", "out_trade_no": "SP20240501000001"})
+        self.assertEqual((got.state, got.paid_at, got.lane, got.version), (OrderState.PAID, paid_at, None, 1))
+
+    def test_order_amounts_are_integer_fen(self) -> None:
+        session = sample_session(1)
+        refunded = Order(id="order-r", session_id=session.id, plate=session.plate, amount_fen=3000, lane=None,
+                         created_at=SAMPLE_TIME, state=OrderState.PAID, channel="alipay", out_trade_no="SP-R1",
+                         transaction_id="2024050122001", paid_at=SAMPLE_TIME + timedelta(minutes=1),
+                         refunded_fen=1200, covers_until=SAMPLE_TIME,
+                         transitions=(OrderTransition(SAMPLE_TIME, "", "created", "system", {"amount_fen": 3000}),
+                                      OrderTransition(SAMPLE_TIME + timedelta(minutes=1), "created", "paid", "alipay",
+                                                      {"refunds": [{"fen": 1200, "id": "rf-1"}], "note": "部分退款"})))
+        self.add_parking(refunded)
+        got = self.load_order("order-r")
+        self.assert_order_fields(got, refunded)
+        self.assertIs(type(got.amount_fen), int)
+        self.assertIs(type(got.refunded_fen), int)
+
+    def test_transitions_accumulate_over_saves_and_a_new_trade_number_frees_the_old(self) -> None:
+        session = sample_session(1)
+        order = sample_order(session)
+        self.add_parking(order)
+        t = order.created_at
+        order._start_payment(channel="wechat", out_trade_no="T-1", at=t + timedelta(seconds=1), actor="visitor")
+        self.save_parking(order)
+        order._start_payment(channel="alipay", out_trade_no="T-2", at=t + timedelta(seconds=2), actor="visitor")
+        self.save_parking(order)
+        order._mark_paid(channel="alipay", at=t + timedelta(seconds=3), actor="alipay-notify", transaction_id="x9")
+        self.save_parking(order)
+        got = self.load_order(order.id)
+        self.assert_order_fields(got, order)
+        self.assertEqual(len(got.transitions), 4)
+        self.assertEqual(got.version, 3)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.orders.by_out_trade_no("T-2").id, order.id)
+            self.assertIsNone(uow.orders.by_out_trade_no("T-1"))
+        other = sample_order(sample_session(2))
+        other._start_payment(channel="wechat", out_trade_no="T-1", at=t, actor="visitor")
+        self.add_parking(other)
+
+    def test_a_second_open_order_for_a_stay_conflicts_and_writes_nothing(self) -> None:
+        session = sample_session(1)
+        first, second = sample_order(session), sample_order(session, amount_fen=900)
+        paying = sample_order(session, amount_fen=700)
+        with self.store.unit_of_work() as uow:
+            uow.orders.add(first)
+            with self.assertRaises(Conflict):
+                uow.orders.add(second)
+            uow.orders.add(sample_order(sample_session(2)))  # another stay's open order is fine
+        first._start_payment(channel="wechat", out_trade_no="T-1", at=first.created_at, actor="visitor")
+        self.save_parking(first)
+        with self.assertRaises(Conflict):
+            self.add_parking(paying)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(self.session_ids(uow.orders.for_session(session.id)), [first.id])
+            self.assertIsNone(uow.orders.get(second.id))
+
+    def test_a_new_order_may_follow_a_paid_or_closed_one(self) -> None:
+        session = sample_session(1)
+        paid = sample_order(session)
+        paid._mark_paid(channel="cash", at=paid.created_at, actor="门岗 1")
+        closed = sample_order(session, at=paid.created_at + timedelta(minutes=10))
+        self.add_parking(paid, closed)
+        closed._close(at=closed.created_at + timedelta(minutes=5), actor="system", reason="expired")
+        self.save_parking(closed)
+        extension = sample_order(session, at=paid.created_at + timedelta(minutes=20))
+        self.add_parking(extension)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(self.session_ids(uow.orders.for_session(session.id)), [paid.id, closed.id, extension.id])
+
+    def test_order_by_out_trade_no(self) -> None:
+        a, b = sample_order(sample_session(1)), sample_order(sample_session(2))  # neither has a trade number
+        a._start_payment(channel="wechat", out_trade_no="SP-1", at=a.created_at, actor="visitor")
+        self.add_parking(a, b)
+        with self.store.unit_of_work() as uow:
+            self.assert_order_fields(uow.orders.by_out_trade_no("SP-1"), a)
+            self.assertIsNone(uow.orders.by_out_trade_no("SP-2"))
+            self.assertIsNone(uow.orders.get("no-such-id"))
+
+    def test_a_duplicate_out_trade_no_conflicts_on_add_and_save_and_writes_nothing(self) -> None:
+        a = sample_order(sample_session(1))
+        a._start_payment(channel="wechat", out_trade_no="SP-1", at=a.created_at, actor="visitor")
+        b = sample_order(sample_session(2))
+        self.add_parking(a, b)
+        clash = sample_order(sample_session(3))
+        clash._start_payment(channel="wechat", out_trade_no="SP-1", at=clash.created_at, actor="visitor")
+        with self.assertRaises(Conflict):
+            self.add_parking(clash)
+        before = self.load_order(b.id)
+        b._start_payment(channel="alipay", out_trade_no="SP-1", at=b.created_at, actor="visitor")
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(Conflict):
+                uow.orders.save(b)
+        self.assert_order_fields(self.load_order(b.id), before)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.orders.by_out_trade_no("SP-1").id, a.id)
+            self.assertIsNone(uow.orders.get(clash.id))
+
+    def test_for_session_lists_the_stays_orders_oldest_first(self) -> None:
+        session = sample_session(1)
+        t = SAMPLE_TIME + timedelta(hours=1)
+        orders = []
+        for minutes in (20, 0, 10):
+            order = sample_order(session, at=t + timedelta(minutes=minutes))
+            order._mark_paid(channel="cash", at=order.created_at, actor="门岗 1")
+            orders.append(order)
+        self.add_parking(*orders, sample_order(sample_session(2), at=t))
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(self.session_ids(uow.orders.for_session(session.id)),
+                             self.session_ids([orders[1], orders[2], orders[0]]))
+            self.assertEqual(uow.orders.for_session("no-such-stay"), [])
+
+    def test_find_filters_by_state_plate_and_half_open_time_newest_first(self) -> None:
+        h = timedelta(hours=1)
+        s1, s2, s3 = sample_session(1), sample_session(2), sample_session(3)
+        o1 = sample_order(s1, at=SAMPLE_TIME + 1 * h)
+        o1._mark_paid(channel="cash", at=o1.created_at, actor="门岗 1")
+        o2 = sample_order(s2, at=SAMPLE_TIME + 2 * h)
+        o3 = sample_order(s1, at=SAMPLE_TIME + 3 * h)
+        o4 = sample_order(s3, at=SAMPLE_TIME + 2 * h)  # ties with o2, added later
+        o4._close(at=o4.created_at, actor="system", reason="expired")
+        self.add_parking(s1, s2, s3, o1, o2, o3, o4)
+        t = SAMPLE_TIME
+        with self.store.unit_of_work() as uow:
+            def find(**kwargs: object) -> list[str]:
+                return self.session_ids(uow.orders.find(**kwargs))
+
+            self.assertEqual(find(), self.session_ids([o3, o4, o2, o1]))
+            self.assertEqual(find(limit=2), self.session_ids([o3, o4]))
+            self.assertEqual(find(state=OrderState.CREATED), self.session_ids([o3, o2]))
+            self.assertEqual(find(state=OrderState.CLOSED), [o4.id])
+            self.assertEqual(find(plate=sample_plate(1)), self.session_ids([o3, o1]))
+            self.assertEqual(find(plate=sample_plate(9)), [])
+            self.assertEqual(find(since=t + 2 * h), self.session_ids([o3, o4, o2]))
+            self.assertEqual(find(until=t + 2 * h), [o1.id])
+            self.assertEqual(find(since=t + 2 * h, until=t + 3 * h), self.session_ids([o4, o2]))
+            self.assertEqual(find(since=(t + 2 * h).astimezone(timezone.utc), until=t + 3 * h),
+                             self.session_ids([o4, o2]))
+            self.assertEqual(find(state=OrderState.CREATED, plate=sample_plate(2)), [o2.id])
+            self.assertEqual(find(state=OrderState.PAID, since=t + 2 * h), [])
+
+    def test_the_second_of_two_order_saves_of_the_same_version_conflicts(self) -> None:
+        added = sample_order(sample_session(1))
+        self.add_parking(added)
+        first, second = self.load_order(added.id), self.load_order(added.id)
+        first._mark_paid(channel="cash", at=added.created_at, actor="门岗 1")
+        second._close(at=added.created_at, actor="system", reason="expired")
+        self.save_parking(first)
+        with self.assertRaises(Conflict):
+            self.save_parking(second)
+        got = self.load_order(added.id)
+        self.assert_order_fields(got, first)
+        self.assertEqual(got.state, OrderState.PAID)
+        with self.assertRaises(Conflict):
+            self.save_parking(sample_order(sample_session(2)))  # never added
+
+    def test_a_loaded_order_is_detached_from_the_store(self) -> None:
+        added = sample_order(sample_session(1))
+        self.add_parking(added)
+        loaded = self.load_order(added.id)
+        loaded._start_payment(channel="wechat", out_trade_no="T-1", at=added.created_at, actor="visitor")
+        loaded.transitions[0].detail["amount_fen"] = 1
+        got = self.load_order(added.id)
+        self.assertEqual(got.state, OrderState.CREATED)
+        self.assertEqual(got.transitions[0].detail, {"amount_fen": added.amount_fen})
+
+    # -- parking: decisions -------------------------------------------------------------------------
+    def test_decision_round_trips_every_field(self) -> None:
+        full = sample_decision(1, lane="out-2", direction="out", outcome=Outcome.HOLD, reason="payment_required",
+                               raw_text="京A·00001", message="访客车辆 京A***01 请缴费 8.00 元",
+                               session_id="session-1", order_id="order-1", holder_kind="visitor", actor="门岗 1",
+                               read_event_id="read-1", gate_ok=False,
+                               at=SAMPLE_TIME + timedelta(microseconds=3))
+        opened = sample_decision(2, gate_ok=True)
+        plateless = Decision(id="d-none", at=SAMPLE_TIME + timedelta(seconds=5), lane="in-1", direction="in",
+                             plate=None, raw_text="", outcome=Outcome.IGNORE, reason="no_plate",
+                             message="未识别到车牌")
+        with self.store.unit_of_work() as uow:
+            for decision in (full, opened, plateless):
+                uow.decisions.append(decision)
+        with self.store.unit_of_work() as uow:
+            got = uow.decisions.recent()
+        self.assertEqual(got, [plateless, opened, full])
+        self.assertEqual([d.gate_ok for d in got], [None, True, False])
+        self.assertIsInstance(got[0].outcome, Outcome)
+        for decision in got:
+            self.assertIsNotNone(decision.at.tzinfo)
+
+    def test_recent_decisions_are_newest_first_by_lane_and_limited(self) -> None:
+        entry = [sample_decision(n, lane="in-1") for n in range(4)]
+        leave = [sample_decision(n + 10, lane="out-1", direction="out") for n in range(2)]
+        tie = sample_decision(20, lane="in-1", at=entry[3].at)
+        with self.store.unit_of_work() as uow:
+            for decision in (entry[2], leave[0], entry[0], entry[3], leave[1], entry[1], tie):
+                uow.decisions.append(decision)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.decisions.recent("in-1"), [tie, entry[3], entry[2], entry[1], entry[0]])
+            self.assertEqual(uow.decisions.recent("in-1", limit=2), [tie, entry[3]])
+            self.assertEqual(uow.decisions.recent("out-1"), [leave[1], leave[0]])
+            self.assertEqual(uow.decisions.recent(limit=3), [leave[1], leave[0], tie])
+            self.assertEqual(uow.decisions.recent("no-such-lane"), [])
+
+    def test_count_between_is_half_open_and_filters_by_direction_and_outcome(self) -> None:
+        s = timedelta(seconds=1)
+        rows = [("in", Outcome.OPEN, 0 * s), ("in", Outcome.REFUSE, 1 * s), ("out", Outcome.OPEN, 2 * s),
+                ("out", Outcome.HOLD, 3 * s), ("in", Outcome.OPEN, 4 * s)]
+        with self.store.unit_of_work() as uow:
+            for n, (direction, outcome, offset) in enumerate(rows):
+                uow.decisions.append(sample_decision(n, direction=direction, outcome=outcome,
+                                                     at=SAMPLE_TIME + offset))
+        since, until = SAMPLE_TIME, SAMPLE_TIME + 4 * s
+        with self.store.unit_of_work() as uow:
+            count = uow.decisions.count_between
+            self.assertEqual(count(since, until), 4)
+            self.assertEqual(count(since + timedelta(microseconds=1), until + s), 4)
+            self.assertEqual(count(since, until, direction="in"), 2)
+            self.assertEqual(count(since, until, outcome=Outcome.OPEN), 2)
+            self.assertEqual(count(since, until, outcome="open"), 2)
+            self.assertEqual(count(since, until + s, direction="in", outcome=Outcome.OPEN), 2)
+            self.assertEqual(count(since.astimezone(timezone.utc), until, direction="out"), 2)
+            self.assertEqual(count(until + s, until + 2 * s), 0)
+
+    def test_appending_a_decision_twice_conflicts(self) -> None:
+        decision = sample_decision(1)
+        with self.store.unit_of_work() as uow:
+            uow.decisions.append(decision)
+            with self.assertRaises(Conflict):
+                uow.decisions.append(decision)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.decisions.recent(), [decision])
+
+    # -- parking: blocklist, devices, lot state -----------------------------------------------------
+    def test_blocklist_add_get_remove(self) -> None:
+        blocked = BlockedPlate(plate=sample_plate(1), reason="多次逃费", by="物业管理员", at=SAMPLE_TIME)
+        with self.store.unit_of_work() as uow:
+            uow.blocklist.add(blocked)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.blocklist.get(sample_plate(1)), blocked)
+            self.assertIsNotNone(uow.blocklist.get(sample_plate(1)).at.tzinfo)
+            self.assertIsNone(uow.blocklist.get(sample_plate(2)))
+            self.assertTrue(uow.blocklist.remove(sample_plate(1)))
+            self.assertFalse(uow.blocklist.remove(sample_plate(1)))
+            self.assertFalse(uow.blocklist.remove(sample_plate(2)))
+        with self.store.unit_of_work() as uow:
+            self.assertIsNone(uow.blocklist.get(sample_plate(1)))
+            self.assertEqual(uow.blocklist.list(), [])
+
+    def test_blocking_a_plate_again_replaces_the_entry(self) -> None:
+        first = BlockedPlate(plate=sample_plate(1), reason="逃费", by="admin", at=SAMPLE_TIME)
+        again = BlockedPlate(plate=sample_plate(1), reason="公安协查", by="保安队长", at=SAMPLE_TIME + timedelta(days=1))
+        with self.store.unit_of_work() as uow:
+            uow.blocklist.add(first)
+            uow.blocklist.add(again)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.blocklist.list(), [again])
+            self.assertEqual(uow.blocklist.get(sample_plate(1)), again)
+
+    def test_the_blocklist_is_listed_oldest_block_first(self) -> None:
+        entries = [BlockedPlate(plate=sample_plate(n), reason=f"原因{n}", by="admin",
+                                at=SAMPLE_TIME + timedelta(minutes=m)) for n, m in enumerate((20, 0, 10))]
+        tie = BlockedPlate(plate=sample_plate(9), reason="同时", by="admin", at=entries[1].at)
+        with self.store.unit_of_work() as uow:
+            for entry in (*entries, tie):
+                uow.blocklist.add(entry)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.blocklist.list(), [entries[1], tie, entries[2], entries[0]])
+
+    def test_devices_upsert_get_and_list_by_device_id(self) -> None:
+        t = SAMPLE_TIME
+        camera = DeviceState(device="cam-in-1", kind="camera", online=True, since=t, last_seen=t)
+        gate = DeviceState(device="gate-in-1", kind="gate", online=True, since=t, last_seen=t)
+        board = DeviceState(device="board-1", kind="display", online=False, since=t, last_seen=t, detail="超时")
+        with self.store.unit_of_work() as uow:
+            for device in (gate, camera, board):
+                uow.devices.upsert(device)
+        down = DeviceState(device="gate-in-1", kind="gate", online=False, since=t + timedelta(minutes=5),
+                           last_seen=t + timedelta(minutes=4, microseconds=1), detail="connection refused")
+        with self.store.unit_of_work() as uow:
+            uow.devices.upsert(down)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.devices.get("gate-in-1"), down)
+            self.assertIsNone(uow.devices.get("no-such-device"))
+            self.assertEqual(uow.devices.list(), [board, camera, down])
+            self.assertIsNotNone(uow.devices.get("board-1").last_seen.tzinfo)
+
+    def test_lot_state_get_and_set(self) -> None:
+        with self.store.unit_of_work() as uow:
+            self.assertIsNone(uow.lot.get("full"))
+            uow.lot.set("full", "true")
+            uow.lot.set("公告", "满位")
+            self.assertEqual(uow.lot.get("full"), "true")
+        with self.store.unit_of_work() as uow:
+            uow.lot.set("full", "false")
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.lot.get("full"), "false")
+            self.assertEqual(uow.lot.get("公告"), "满位")
+            uow.lot.set("empty", "")
+            self.assertEqual(uow.lot.get("empty"), "")
+
+    def test_an_exception_rolls_back_every_parking_write(self) -> None:
+        kept = sample_session(1)
+        order = sample_order(kept)
+        blocked = BlockedPlate(plate=sample_plate(5), reason="逃费", by="admin", at=SAMPLE_TIME)
+        self.add_parking(kept, order)
+        with self.store.unit_of_work() as uow:
+            uow.blocklist.add(blocked)
+            uow.lot.set("full", "false")
+        with self.assertRaises(_Boom):
+            with self.store.unit_of_work() as uow:
+                session = uow.sessions.get(kept.id)
+                session._close(lane="out-1", at=SAMPLE_TIME + timedelta(hours=1), fee_fen=800)
+                uow.sessions.save(session)
+                uow.sessions.add(sample_session(2))
+                paying = uow.orders.get(order.id)
+                paying._mark_paid(channel="cash", at=SAMPLE_TIME + timedelta(hours=1), actor="门岗 1")
+                uow.orders.save(paying)
+                uow.orders.add(sample_order(sample_session(3)))
+                uow.decisions.append(sample_decision(1))
+                uow.blocklist.remove(sample_plate(5))
+                uow.blocklist.add(BlockedPlate(plate=sample_plate(6), reason="x", by="y", at=SAMPLE_TIME))
+                uow.devices.upsert(DeviceState(device="cam", kind="camera", online=True, since=SAMPLE_TIME,
+                                               last_seen=SAMPLE_TIME))
+                uow.lot.set("full", "true")
+                raise _Boom
+        self.assert_session_fields(self.load_session(kept.id), kept)
+        self.assert_order_fields(self.load_order(order.id), order)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.sessions.count_open(), 1)
+            self.assertEqual(uow.orders.find(), [order])
+            self.assertEqual(uow.decisions.recent(), [])
+            self.assertEqual(uow.blocklist.list(), [blocked])
+            self.assertEqual(uow.devices.list(), [])
+            self.assertEqual(uow.lot.get("full"), "false")
 
     # -- units of work ------------------------------------------------------------------------------
     def test_an_exception_rolls_back_everything_written_in_the_unit_of_work(self) -> None:

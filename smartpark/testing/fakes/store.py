@@ -2,17 +2,20 @@
 
 It keeps the same rules as the real stores (it runs the same ``StoreContract``):
 one plate has one holder across owners and visitors, ID numbers are unique among
-owners, saves are checked against the version that was read, and each
-repository write is all-or-nothing. A unit of work copies the state when it
-begins and swaps the copy in when it ends cleanly; a lock held for the whole
-unit of work serialises threads, like ``BEGIN IMMEDIATE`` does for SQLite.
-Nothing is encrypted. Entities are copied in and out, so changing a loaded
-entity without ``save`` changes nothing stored.
+owners, one plate has one open stay, one stay has one open order, an
+``out_trade_no`` belongs to one order, saves are checked against the version
+that was read, and each repository write is all-or-nothing. A unit of work
+copies the state when it begins and swaps the copy in when it ends cleanly; a
+lock held for the whole unit of work serialises threads, like ``BEGIN IMMEDIATE``
+does for SQLite. Nothing is encrypted. Entities are copied in and out (orders
+deeply: a transition's ``detail`` is a dict), so changing a loaded entity
+without ``save`` changes nothing stored.
 """
 
 from __future__ import annotations
 
 import copy
+import enum
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -26,11 +29,13 @@ import attrs
 from ...core.audit import VerifyResult, next_entry, verify_chain
 from ...core.entities import Announcement, AuditEntry, LedgerEntry, Owner, Person, Visitor
 from ...core.errors import Conflict
+from ...core.parking import BlockedPlate, Decision, DeviceState, Order, OrderState, ParkingSession
 from ...core.values import IdNumber, Phone, Plate
 
 __all__ = ["InMemoryStore"]
 
 P = TypeVar("P", bound=Person)
+T = TypeVar("T")
 
 
 @attrs.define
@@ -43,6 +48,16 @@ class _State:
     announcements: dict[str, Announcement] = attrs.Factory(dict)
     ledger: dict[str, LedgerEntry] = attrs.Factory(dict)  # by ref, in append order
     audit: list[AuditEntry] = attrs.Factory(list)
+    sessions: dict[str, ParkingSession] = attrs.Factory(dict)  # insertion order
+    open_sessions: dict[Plate, str] = attrs.Factory(dict)  # plate -> its open session's id
+    orders: dict[str, Order] = attrs.Factory(dict)  # insertion order
+    open_orders: dict[str, str] = attrs.Factory(dict)  # session id -> its open order's id
+    out_trade_nos: dict[str, str] = attrs.Factory(dict)  # out_trade_no -> order id
+    decisions: list[Decision] = attrs.Factory(list)
+    decision_ids: set[str] = attrs.Factory(set)
+    blocklist: dict[Plate, BlockedPlate] = attrs.Factory(dict)  # replacing keeps the first position
+    devices: dict[str, DeviceState] = attrs.Factory(dict)
+    lot: dict[str, str] = attrs.Factory(dict)
 
     def copy(self) -> _State:
         return _State(*(copy.copy(getattr(self, f.name)) for f in attrs.fields(_State)))
@@ -279,6 +294,224 @@ class _Audit:
         return verify_chain(self._work.audit_key, log, head)
 
 
+def _exists(kind_zh: str, kind_en: str) -> Conflict:
+    return Conflict(f"该{kind_zh}已存在", f"the {kind_en} already exists")
+
+
+def _value(item: object) -> object:
+    return item.value if isinstance(item, enum.Enum) else item
+
+
+class _Sessions:
+    """Stays; the copy kept is rebuilt from the stored one, so ``save`` changes only what the port says."""
+
+    def __init__(self, work: _Work) -> None:
+        self._work = work
+
+    def add(self, session: ParkingSession) -> None:
+        state = self._work.state
+        if session.id in state.sessions:
+            raise _exists("停车记录", "session")
+        if session.is_open:
+            self._check_no_other_open(state, session)
+            state.open_sessions[session.plate] = session.id
+        state.sessions[session.id] = copy.copy(session)
+
+    def save(self, session: ParkingSession) -> None:
+        """Update exit lane/time, fee and note; version-checked."""
+        state = self._work.state
+        stored = state.sessions.get(session.id)
+        if stored is None or stored.version != session.version:
+            raise _stale("停车记录", "session")
+        updated = attrs.evolve(stored, exit_lane=session.exit_lane, exited_at=session.exited_at,
+                               fee_fen=session.fee_fen, note=session.note, version=stored.version + 1)
+        if updated.is_open:
+            self._check_no_other_open(state, updated)
+            state.open_sessions[updated.plate] = updated.id
+        elif state.open_sessions.get(updated.plate) == updated.id:
+            del state.open_sessions[updated.plate]
+        state.sessions[session.id] = updated
+        session._bump_version()
+
+    def get(self, session_id: str) -> ParkingSession | None:
+        return _copy_or_none(self._work.state.sessions.get(session_id))
+
+    def open_by_plate(self, plate: Plate) -> ParkingSession | None:
+        state = self._work.state
+        return _copy_or_none(state.sessions.get(state.open_sessions.get(plate, "")))
+
+    def list_open(self, offset: int = 0, limit: int = 100) -> list[ParkingSession]:
+        state = self._work.state  # open_sessions is in add order too, so ties on entry time keep it
+        open_ = sorted((state.sessions[i] for i in state.open_sessions.values()), key=lambda s: s.entered_at)
+        return [copy.copy(s) for s in open_[offset:offset + limit]]
+
+    def count_open(self) -> int:
+        return len(self._work.state.open_sessions)
+
+    def between(self, since: datetime, until: datetime, limit: int = 1000) -> list[ParkingSession]:
+        _require_aware(since, until)
+
+        def inside(at: datetime | None) -> bool:
+            return at is not None and since <= at < until
+
+        found = sorted((s for s in self._work.state.sessions.values() if inside(s.entered_at) or inside(s.exited_at)),
+                       key=lambda s: s.entered_at)
+        return [copy.copy(s) for s in found[:limit]]
+
+    @staticmethod
+    def _check_no_other_open(state: _State, session: ParkingSession) -> None:
+        holder = state.open_sessions.get(session.plate)
+        if holder is not None and holder != session.id:
+            raise Conflict(f"车辆 {session.plate.masked} 已在场内（已有未结束的停车记录）",
+                           f"plate {session.plate.masked} already has an open stay", field="plate")
+
+
+class _Orders:
+    """Orders, deep-copied in and out (a transition's ``detail`` is a dict)."""
+
+    def __init__(self, work: _Work) -> None:
+        self._work = work
+
+    def add(self, order: Order) -> None:
+        state = self._work.state
+        if order.id in state.orders:
+            raise _exists("订单", "order")
+        self._index(state, None, copy.deepcopy(order))
+
+    def save(self, order: Order) -> None:
+        """Update state, channel, trade numbers, payment time, refunds, lane and transitions; version-checked."""
+        state = self._work.state
+        stored = state.orders.get(order.id)
+        if stored is None or stored.version != order.version:
+            raise _stale("订单", "order")
+        updated = attrs.evolve(
+            stored, lane=order.lane, state=order.state, channel=order.channel, out_trade_no=order.out_trade_no,
+            transaction_id=order.transaction_id, paid_at=order.paid_at, refunded_fen=order.refunded_fen,
+            transitions=copy.deepcopy(order.transitions), version=stored.version + 1,
+        )
+        self._index(state, stored, updated)
+        order._bump_version()
+
+    def get(self, order_id: str) -> Order | None:
+        return _deepcopy_or_none(self._work.state.orders.get(order_id))
+
+    def by_out_trade_no(self, out_trade_no: str) -> Order | None:
+        state = self._work.state
+        return _deepcopy_or_none(state.orders.get(state.out_trade_nos.get(out_trade_no, "")))
+
+    def for_session(self, session_id: str) -> list[Order]:
+        mine = [o for o in self._work.state.orders.values() if o.session_id == session_id]
+        return [copy.deepcopy(o) for o in sorted(mine, key=lambda o: o.created_at)]
+
+    def find(self, *, state: OrderState | None = None, plate: Plate | None = None, since: datetime | None = None,
+             until: datetime | None = None, limit: int = 100) -> list[Order]:
+        """Newest first by ``created_at`` (the later-added first on equal times); ``since <= created_at < until``."""
+        _require_aware(*(at for at in (since, until) if at is not None))
+        wanted = _value(state)
+
+        def keep(o: Order) -> bool:
+            return ((state is None or o.state.value == wanted) and (plate is None or o.plate == plate)
+                    and (since is None or since <= o.created_at) and (until is None or o.created_at < until))
+
+        found = sorted((o for o in reversed(self._work.state.orders.values()) if keep(o)),
+                       key=lambda o: o.created_at, reverse=True)
+        return [copy.deepcopy(o) for o in found[:limit]]
+
+    @staticmethod
+    def _index(state: _State, stored: Order | None, order: Order) -> None:
+        """Check the open-order and ``out_trade_no`` rules for ``order``, then store it (nothing on a Conflict)."""
+        if order.is_open and state.open_orders.get(order.session_id, order.id) != order.id:
+            raise Conflict("该停车记录已有未完成的订单（待支付或支付中）",
+                           f"stay {order.session_id} already has an open (created/paying) order")
+        no = order.out_trade_no
+        if no is not None and state.out_trade_nos.get(no, order.id) != order.id:
+            raise Conflict(f"商户订单号 {no} 已被其他订单使用", f"out_trade_no {no} is already used by another order",
+                           field="out_trade_no")
+        if stored is not None:
+            if state.open_orders.get(stored.session_id) == stored.id:
+                del state.open_orders[stored.session_id]
+            if stored.out_trade_no is not None:
+                del state.out_trade_nos[stored.out_trade_no]
+        if order.is_open:
+            state.open_orders[order.session_id] = order.id
+        if no is not None:
+            state.out_trade_nos[no] = order.id
+        state.orders[order.id] = order
+
+
+class _Decisions:
+    def __init__(self, work: _Work) -> None:
+        self._work = work
+
+    def append(self, decision: Decision) -> None:
+        state = self._work.state
+        _require_aware(decision.at)
+        if decision.id in state.decision_ids:
+            raise _exists("通行记录", "decision")
+        state.decision_ids.add(decision.id)
+        state.decisions.append(decision)
+
+    def recent(self, lane: str | None = None, limit: int = 50) -> list[Decision]:
+        """Newest first by ``at`` (the later-appended first on equal times)."""
+        mine = [d for d in reversed(self._work.state.decisions) if lane is None or d.lane == lane]
+        return sorted(mine, key=lambda d: d.at, reverse=True)[:limit]
+
+    def count_between(self, since: datetime, until: datetime, *, direction: str | None = None,
+                      outcome: str | None = None) -> int:
+        _require_aware(since, until)
+        direction, outcome = _value(direction), _value(outcome)
+        return sum(1 for d in self._work.state.decisions
+                   if since <= d.at < until and (direction is None or _value(d.direction) == direction)
+                   and (outcome is None or _value(d.outcome) == outcome))
+
+
+class _Blocklist:
+    def __init__(self, work: _Work) -> None:
+        self._work = work
+
+    def add(self, entry: BlockedPlate) -> None:
+        _require_aware(entry.at)
+        self._work.state.blocklist[entry.plate] = entry
+
+    def remove(self, plate: Plate) -> bool:
+        return self._work.state.blocklist.pop(plate, None) is not None
+
+    def get(self, plate: Plate) -> BlockedPlate | None:
+        return self._work.state.blocklist.get(plate)
+
+    def list(self) -> list[BlockedPlate]:
+        """Oldest block first (first added first on equal times)."""
+        return sorted(self._work.state.blocklist.values(), key=lambda b: b.at)
+
+
+class _Devices:
+    def __init__(self, work: _Work) -> None:
+        self._work = work
+
+    def upsert(self, state: DeviceState) -> None:
+        _require_aware(state.since, state.last_seen)
+        self._work.state.devices[state.device] = state
+
+    def get(self, device: str) -> DeviceState | None:
+        return self._work.state.devices.get(device)
+
+    def list(self) -> list[DeviceState]:
+        """By device id."""
+        devices = self._work.state.devices
+        return [devices[name] for name in sorted(devices)]
+
+
+class _Lot:
+    def __init__(self, work: _Work) -> None:
+        self._work = work
+
+    def get(self, name: str) -> str | None:
+        return self._work.state.lot.get(name)
+
+    def set(self, name: str, value: str) -> None:
+        self._work.state.lot[name] = value
+
+
 class _UnitOfWork:
     def __init__(self, work: _Work) -> None:
         self.owners = _Owners(work)
@@ -286,6 +519,12 @@ class _UnitOfWork:
         self.announcements = _Announcements(work)
         self.ledger = _Ledger(work)
         self.audit = _Audit(work)
+        self.sessions = _Sessions(work)
+        self.orders = _Orders(work)
+        self.decisions = _Decisions(work)
+        self.blocklist = _Blocklist(work)
+        self.devices = _Devices(work)
+        self.lot = _Lot(work)
 
 
 class InMemoryStore:
@@ -319,8 +558,19 @@ class InMemoryStore:
         """Nothing to release."""
 
 
-def _copy_or_none(entity: P | None) -> P | None:
+def _copy_or_none(entity: T | None) -> T | None:
     return copy.copy(entity) if entity is not None else None
+
+
+def _deepcopy_or_none(entity: T | None) -> T | None:
+    return copy.deepcopy(entity) if entity is not None else None
+
+
+def _require_aware(*times: datetime) -> None:
+    """Refuse naive datetimes, as the SQLite store does (comparing them with aware ones would raise anyway)."""
+    for at in times:
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError(f"refusing a naive datetime ({at.isoformat()}); times must be timezone-aware")
 
 
 def _select(people: Iterable[P], keep: Callable[[P], bool], limit: int | None = None) -> list[P]:

@@ -1,0 +1,453 @@
+"""Gate latency: a plate read published to the broker -> the gate simulator receiving the open command.
+
+The whole service path, in one process so that the clocks agree: a raw ISAPI ``EventNotificationAlert`` (XML,
+built by the camera simulator from the captured sample) published with QoS 1 on the camera relay topic
+``smartpark/cameras/{camera}/events`` -> the broker -> ``camera_hikvision`` (its MQTT relay client: parse,
+de-duplicate) -> the service's lane dispatcher -> ``ParkingService.handle_read`` (one SQLite transaction: owner
+lookup by blind index, the stay, the decision) -> ``gate_tcp`` over real TCP -> the :class:`GateSimulator`, which
+time-stamps the command when it decodes the open request (``SimCommand.at``, ``time.monotonic()``).
+
+Owners are registered beforehand (through the service layer), so every read opens; each car enters on an entry
+lane and then leaves on the exit lane of the same number, so stays do not pile up; 50 lanes (25 in, 25 out),
+one camera each. Two measurements, each beside a baseline measured in the same run with the same client library
+(:class:`smartpark.infra.mqtt.MqttConnection` over paho-mqtt) and the same payloads:
+
+* latency at a steady 100 reads/s (>= 1,000 reads): p50/p99, beside the raw broker round trip (publish -> a
+  plain subscriber's callback);
+* sustained throughput (>= 5,000 reads): reads are sent as fast as the pipeline takes them (at most ``--window``
+  reads outstanding, so the broker's per-client queue never overflows and drops), counting the opens received
+  against the reads sent; beside the broker's echo throughput measured the same way.
+
+Targets (2-core machine): p50 <= 2 ms and p99 <= 5 ms at 100 reads/s, >= 1,000 reads/s sustained, nothing lost.
+Prints PASS/FAIL per target; exits 0 regardless unless ``--strict``.
+
+    python bench/gate_latency.py [--store sqlite|postgresql] [--lanes 50] [--reads 1000] [--burst 5000]
+                                 [--broker 127.0.0.1:1883] [--profile] [--strict]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import logging
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from smartpark.adapters.camera_hikvision.simulator import build_alert_xml  # noqa: E402
+from smartpark.adapters.gate_tcp.simulator import GateSimulator  # noqa: E402
+from smartpark.infra.broker import ensure_broker, parse_address  # noqa: E402
+from smartpark.infra.mqtt import BrokerSettings, MqttConnection  # noqa: E402
+from smartpark.testing.samples import sample_id_number, sample_phone  # noqa: E402
+
+TOPIC = "smartpark/cameras/{camera}/events"
+TARGET_P50_MS, TARGET_P99_MS, TARGET_RATE = 2.0, 5.0, 1000.0
+DEFAULT_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+def postgres_problem(dsn: str) -> str:
+    """Why the PostgreSQL store cannot be measured here ("" when it can)."""
+    from smartpark.plugins import Plugins
+
+    if "storage_postgres" not in Plugins().available():
+        return "no storage_postgres plugin is installed"
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed: pip install 'smartpark[postgres]'"
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as e:  # noqa: BLE001 - any failure: say it and measure nothing
+        return f"cannot connect to {dsn!r}: {type(e).__name__}"
+    return ""
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100.0 * (len(s) - 1))))]
+
+
+def plate(n: int) -> str:
+    """Distinct valid plates: 京A00000 ... 京A99999, then 京B..."""
+    return f"京{'ABCDEFGHJK'[n // 100_000]}{n % 100_000:05d}"
+
+
+class GcPauses:
+    """Collector pauses during a measurement (a full collection stops every thread for milliseconds)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], (time.perf_counter() - self._t0) * 1000.0))
+
+    def describe(self) -> str:
+        if not self.pauses:
+            return "none"
+        gen, longest = max(self.pauses, key=lambda p: p[1])
+        full = sum(1 for g, _ in self.pauses if g == 2)
+        return f"{len(self.pauses)} collections ({full} full), longest {longest:.2f} ms"
+
+
+def pace(items: list[Any], rate: float, send: Any) -> list[float]:
+    """Call ``send(item)`` at a steady ``rate`` per second; returns the monotonic send times."""
+    sent: list[float] = []
+    interval, start = 1.0 / rate, time.monotonic()
+    for i, item in enumerate(items):
+        delay = start + i * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        sent.append(time.monotonic())
+        send(item)
+    return sent
+
+
+def windowed(items: list[Any], window: int, send: Any, done: Any, timeout: float = 30.0) -> tuple[float, int]:
+    """Send as fast as the receiver takes them: at most ``window`` outstanding (``done()`` counts arrivals).
+
+    Returns (seconds from the first send to the last arrival, arrivals)."""
+    start = time.monotonic()
+    sent = 0
+    last_progress, last_count = start, 0
+    while True:
+        count = done()
+        if count != last_count:
+            last_progress, last_count = time.monotonic(), count
+        if count >= len(items):
+            break
+        if time.monotonic() - last_progress > timeout:
+            break
+        room = min(len(items), count + window) - sent
+        for _ in range(room):
+            send(items[sent])
+            sent += 1
+        if room <= 0:
+            time.sleep(0.002)
+    return time.monotonic() - start, done()
+
+
+class Arrivals:
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        self.times.append(time.monotonic())
+
+
+# -- the pipeline -----------------------------------------------------------------------------------------------
+class Pipeline:
+    def __init__(self, args: argparse.Namespace, broker: Any, folder: str) -> None:
+        from smartpark.adapters.service import Config as ServiceConfig
+        from smartpark.adapters.service import start_in_thread
+        from smartpark.bootstrap import bootstrap
+        from smartpark.core import events as ev
+
+        half = args.lanes // 2
+        self.ins = [f"in-{i:02d}" for i in range(1, half + 1)]
+        self.outs = [f"out-{i:02d}" for i in range(1, half + 1)]
+        lanes = self.ins + self.outs
+        self.sim = GateSimulator("127.0.0.1", 0, lanes, move_time_s=0.0, heartbeat_s=5.0, controller="bench",
+                                 dedup_ttl_s=args.sim_dedup_ttl).start()
+        config = {
+            "data_dir": folder,
+            "lot": {"name": "基准测试停车场", "capacity": 100_000, "timezone": "Asia/Shanghai",
+                    "lanes": [{"id": lane, "name": lane, "direction": "in" if lane.startswith("in") else "out"}
+                              for lane in lanes]},
+            "plugins": {
+                "enabled": [args.store_plugin, "gate_tcp", "camera_hikvision"],
+                args.store_plugin: dict(args.store_settings),
+                "gate_tcp": {"controllers": [{"id": "bench", "host": "127.0.0.1", "port": self.sim.port,
+                                              "lanes": lanes}]},
+                "camera_hikvision": {
+                    "cameras": [{"id": f"cam-{lane}", "lane": lane} for lane in lanes],
+                    "mqtt": {"enabled": True, "host": broker.host, "port": broker.port,
+                             "client_id": "smartpark-bench-" + os.urandom(4).hex(), "persistent": True},
+                    "save_pictures": False,
+                },
+            },
+        }
+        self.app = bootstrap(config)
+        self.outcomes: dict[str, int] = {}
+        self.gate_failed = 0
+
+        def count(e: Any) -> None:
+            self.outcomes[e.reason] = self.outcomes.get(e.reason, 0) + 1
+            if e.gate_ok is False:
+                self.gate_failed += 1
+        self.app.bus.subscribe(ev.DecisionRecorded, count)
+        self.handle = start_in_thread(self.app, ServiceConfig(port=0))
+        self.recognizer = self.app.recognizers["camera_hikvision"]
+        if not self.recognizer.wait_ready(10):
+            raise SystemExit("the camera adapter's MQTT relay did not connect")
+        gate = self.app.gates["gate_tcp"]
+        deadline = time.monotonic() + 10
+        while not gate.is_online("bench"):
+            if time.monotonic() > deadline:
+                raise SystemExit("the gate adapter did not connect to the simulator")
+            time.sleep(0.02)
+        self.tz = self.app.timezone
+        self.next_car = 0
+
+    def register(self, n: int) -> float:
+        """Register ``n`` owners (one plate each) through the service layer; returns seconds."""
+        t = time.perf_counter()
+        for i in range(n):
+            self.app.residents.register_owner(name=f"业主{i}", id_number=str(sample_id_number(i % 100_000)),
+                                              phone=str(sample_phone(i % 100_000)), plates=[plate(i)], actor="bench")
+        return time.perf_counter() - t
+
+    def reads(self, cars: int) -> list[tuple[str, str, bytes]]:
+        """(lane, topic, payload) for ``cars`` fresh cars: each enters, then leaves on the exit of the same number.
+
+        Entries and exits alternate (in0, in1, out0, in2, out1, ...) so a car's exit follows its entry closely."""
+        first = self.next_car
+        self.next_car += cars
+        half = len(self.ins)
+        items: list[tuple[str, str, bytes]] = []
+
+        def one(car: int, lanes: list[str]) -> tuple[str, str, bytes]:
+            lane = lanes[car % half]
+            _, xml = build_alert_xml(plate(car), tz=self.tz, confidence=0.99)
+            return lane, TOPIC.replace("{camera}", f"cam-{lane}"), xml
+        for k in range(cars):
+            items.append(one(first + k, self.ins))
+            if k:
+                items.append(one(first + k - 1, self.outs))
+        items.append(one(first + cars - 1, self.outs))
+        return items
+
+    def opens(self) -> int:
+        return len(self.sim.history)
+
+    def commands_since(self, base: int) -> list[Any]:
+        return list(self.sim.history[base:])
+
+    def close(self) -> None:
+        self.handle.stop()
+        self.app.close()
+        self.sim.stop()
+
+
+def match_latencies(items: list[tuple[str, str, bytes]], sent: list[float], commands: list[Any]) -> list[float]:
+    """Per lane, the k-th read sent is answered by the k-th open received (reads of a lane are handled in order)."""
+    by_lane: dict[str, list[float]] = {}
+    for (lane, _, _), t in zip(items, sent, strict=False):
+        by_lane.setdefault(lane, []).append(t)
+    got: dict[str, list[float]] = {}
+    for c in commands:
+        if c.op == "open":
+            got.setdefault(c.lane, []).append(c.at)
+    out: list[float] = []
+    for lane, times in by_lane.items():
+        for t_sent, t_open in zip(times, got.get(lane, []), strict=False):
+            out.append((t_open - t_sent) * 1000.0)
+    return out
+
+
+def wait_count(fn: Any, target: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while fn() < target and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return fn()
+
+
+# -- main -------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--lanes", type=int, default=50, help="lanes (half entry, half exit), one camera each")
+    ap.add_argument("--reads", type=int, default=1000, help="reads in the latency measurement (>= 1000)")
+    ap.add_argument("--rate", type=float, default=100.0, help="reads per second in the latency measurement")
+    ap.add_argument("--burst", type=int, default=5000, help="reads in the throughput measurement (>= 5000)")
+    ap.add_argument("--window", type=int, default=200, help="most reads outstanding in the throughput measurement")
+    ap.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker (the embedded one if unreachable)")
+    ap.add_argument("--dsn", default=os.environ.get("SMARTPARK_BENCH_POSTGRES_DSN", DEFAULT_DSN),
+                    help="PostgreSQL for --store postgresql (a fresh schema bench_<random> is made and dropped)")
+    ap.add_argument("--sim-dedup-ttl", type=float, default=1.0,
+                    help="the gate simulator's reply cache (s); see bench/README.md: its pruning is O(n) per request")
+    ap.add_argument("--profile", action="store_true", help="also profile the service path (cProfile, no broker)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    if args.lanes < 2 or args.lanes % 2:
+        ap.error("--lanes must be an even number >= 2")
+
+    if args.store == "postgresql":
+        problem = postgres_problem(args.dsn)
+        if problem:
+            print(f"store postgresql: not available yet ({problem}); nothing measured")
+            return 1 if args.strict else 0
+        args.store_plugin = "storage_postgres"
+        args.store_settings = {"dsn": args.dsn, "schema": "bench_" + os.urandom(4).hex()}
+    else:
+        args.store_plugin = "storage_sqlite"
+        args.store_settings = {}
+
+    host, port = parse_address(args.broker)
+    broker = ensure_broker(host, port)
+    print(f"broker: {broker.note}")
+    folder = tempfile.TemporaryDirectory(prefix="smartpark-bench-")
+    pipe = Pipeline(args, broker, folder.name)
+    cars_latency = args.reads // 2
+    cars_burst = args.burst // 2
+    warm_cars = 100
+    owners = warm_cars + cars_latency + cars_burst + (1000 if args.profile else 0)
+    took = pipe.register(owners)
+    print(f"store: {args.store} ({args.store_plugin}), {args.lanes} lanes ({len(pipe.ins)} in, {len(pipe.outs)} out), "
+          f"{owners} owners registered beforehand in {took:.1f} s through the service layer")
+    settings = BrokerSettings(host=broker.host, port=broker.port)
+    pub = MqttConnection(settings, "bench-pub-" + os.urandom(3).hex(), persistent=False)
+    pub.client.max_inflight_messages_set(max(args.window * 2, 100))
+    pub.client.max_queued_messages_set(0)
+    if not pub.start(wait=5):
+        raise SystemExit("the publisher could not connect")
+    sub = MqttConnection(settings, "bench-sub-" + os.urandom(3).hex(), persistent=False)
+    arrivals = Arrivals()
+    sub.subscribe("bench/echo/#", arrivals)
+    if not sub.start(wait=5):
+        raise SystemExit("the baseline subscriber could not connect")
+    time.sleep(0.3)
+    results: dict[str, Any] = {}
+    gc_pauses = GcPauses()
+    gc.callbacks.append(gc_pauses)
+    try:
+        # warm-up: every lane, a few reads, through the real path
+        warm = pipe.reads(warm_cars)
+        base = pipe.opens()
+        for _, topic, payload in warm:
+            pub.publish(topic, payload, qos=1)
+        wait_count(lambda: pipe.opens() - base, len(warm), 20)
+
+        # 1. latency at a steady rate: baseline, then the pipeline
+        items = pipe.reads(cars_latency)
+        echo_topics = [(lane, "bench/echo/" + lane, payload) for lane, _, payload in items]
+        arrivals.times.clear()
+        sent = pace(echo_topics, args.rate, lambda it: pub.publish(it[1], it[2], qos=1))
+        wait_count(lambda: len(arrivals.times), len(sent), 10)
+        raw = [(a - s) * 1000.0 for s, a in zip(sent, arrivals.times, strict=False)]
+        results["raw"] = raw
+        base = pipe.opens()
+        gc_pauses.pauses.clear()
+        sent = pace(items, args.rate, lambda it: pub.publish(it[1], it[2], qos=1))
+        wait_count(lambda: pipe.opens() - base, len(items), 10)
+        results["pipe_gc"] = gc_pauses.describe()
+        lat = match_latencies(items, sent, pipe.commands_since(base))
+        results["lat"], results["lat_sent"], results["lat_opened"] = lat, len(items), pipe.opens() - base
+
+        # 2. sustained throughput: baseline echo, then the pipeline
+        items = pipe.reads(cars_burst)
+        echo = [("", "bench/echo/x", payload) for _, _, payload in items]
+        arrivals.times.clear()
+        secs, got = windowed(echo, args.window, lambda it: pub.publish(it[1], it[2], qos=1), lambda: len(arrivals.times))
+        results["echo"] = (len(echo), got, secs)
+        base = pipe.opens()
+        secs, got = windowed(items, args.window, lambda it: pub.publish(it[1], it[2], qos=1),
+                             lambda: pipe.opens() - base)
+        results["burst"] = (len(items), got, secs)
+    finally:
+        gc.callbacks.remove(gc_pauses)
+        pub.stop()
+        sub.stop()
+
+    profile_text = profile(pipe, args) if args.profile else ""
+    outcomes, gate_failed = dict(pipe.outcomes), pipe.gate_failed
+    pipe.close()
+    broker.stop()
+    folder.cleanup()
+    if args.store_plugin == "storage_postgres":
+        drop_schema(args.dsn, args.store_settings["schema"])
+    return report(args, broker, results, outcomes, gate_failed, profile_text)
+
+
+def profile(pipe: Pipeline, args: argparse.Namespace) -> str:
+    """cProfile of the service path without the broker: ``recognizer.receive`` (what the relay handler calls)."""
+    items = pipe.reads(1000)
+    profiler = cProfile.Profile()
+    t = time.perf_counter()
+    profiler.enable()
+    for lane, _, payload in items:
+        pipe.recognizer.receive(f"cam-{lane}", "", payload, source="mqtt")
+    profiler.disable()
+    per = (time.perf_counter() - t) / len(items) * 1000
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(18)
+    return f"profile: {len(items)} reads through recognizer.receive (no broker), {per:.3f} ms each under cProfile\n" \
+           + out.getvalue()
+
+
+def report(args: argparse.Namespace, broker: Any, r: dict[str, Any], outcomes: dict[str, int], gate_failed: int,
+           profile_text: str) -> int:
+    raw, lat = r["raw"], r["lat"]
+    echo_n, echo_got, echo_s = r["echo"]
+    burst_n, burst_got, burst_s = r["burst"]
+    echo_rate, burst_rate = echo_got / echo_s, burst_got / burst_s
+    lost_latency = r["lat_sent"] - r["lat_opened"]
+    lost_burst = burst_n - burst_got
+    w = 46
+    at = f"at {args.rate:.0f} reads/s"
+    lat_max, raw_max = max(lat, default=float("nan")), max(raw, default=float("nan"))
+    lat_mean = statistics.fmean(lat) if lat else float("nan")
+    raw_mean = statistics.fmean(raw) if raw else float("nan")
+    print()
+    print(f"{'':{w}} {'pipeline':>12} {'baseline':>12} {'ratio':>8}")
+    print(f"{'latency ' + at + ', p50 (ms)':{w}} {pct(lat, 50):12.3f} {pct(raw, 50):12.3f} "
+          f"{pct(lat, 50) / pct(raw, 50):8.1f}x")
+    print(f"{'latency ' + at + ', p99 (ms)':{w}} {pct(lat, 99):12.3f} {pct(raw, 99):12.3f} "
+          f"{pct(lat, 99) / pct(raw, 99):8.1f}x")
+    print(f"{'latency ' + at + ', max (ms)':{w}} {lat_max:12.3f} {raw_max:12.3f}")
+    print(f"{'latency ' + at + ', mean (ms)':{w}} {lat_mean:12.3f} {raw_mean:12.3f}")
+    print(f"{f'sustained reads/s (window {args.window})':{w}} {burst_rate:12.0f} {echo_rate:12.0f} "
+          f"{burst_rate / echo_rate:8.2f}x")
+    print(f"{'reads sent / opens received, latency run':{w}} {r['lat_sent']:>6} / {r['lat_opened']}")
+    print(f"{'reads sent / opens received, throughput run':{w}} {burst_n:>6} / {burst_got}"
+          f"   (baseline: {echo_n} sent / {echo_got} received)")
+    print()
+    print(f"baseline: the same payloads (raw ISAPI XML, ~{len(build_alert_xml('京A00001')[1]) // 100 / 10:.1f} KB) "
+          f"published with QoS 1 by the same client (MqttConnection/paho) to a plain subscriber callback, "
+          f"through the same broker ({broker.address}{', embedded' if broker.embedded else ''})")
+    print(f"decisions: {dict(sorted(outcomes.items()))}; gate failures: {gate_failed}")
+    print(f"GC during the latency run: {r['pipe_gc']}")
+    print()
+    checks = [
+        (f"p50 <= {TARGET_P50_MS:g} ms at {args.rate:.0f} reads/s", pct(lat, 50) <= TARGET_P50_MS, f"{pct(lat, 50):.3f} ms"),
+        (f"p99 <= {TARGET_P99_MS:g} ms at {args.rate:.0f} reads/s", pct(lat, 99) <= TARGET_P99_MS, f"{pct(lat, 99):.3f} ms"),
+        (f">= {TARGET_RATE:.0f} reads/s sustained", burst_rate >= TARGET_RATE, f"{burst_rate:.0f} reads/s"),
+        ("nothing lost", lost_latency == 0 and lost_burst == 0 and gate_failed == 0,
+         f"{lost_latency + lost_burst} reads without an open, {gate_failed} gate failures"),
+    ]
+    for name, ok, value in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
+    if profile_text:
+        print()
+        print(profile_text)
+    failed = [c for c in checks if not c[1]]
+    return 1 if failed and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The service runtime: connects the enabled device adapters to the core and runs the background jobs.
+
+* Plate reads arrive on each recognizer's own thread (HTTP handler, MQTT network thread, alert stream). The
+  :class:`LaneDispatcher` keeps the reads of one lane in order with a per-lane lock and runs the decision
+  right there: it is fast (one transaction, one gate command) and it means a read is acknowledged to its
+  device (HTTP 200, MQTT PUBACK) only after it was decided and recorded, so a crash loses no read.
+* Device health from cameras, gates and sensors goes to ``ParkingService.device_health``.
+* Jobs: the daily visitor purge (PIPL retention) and periodic health checks of adapters that expose
+  ``check_health()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class LaneDispatcher:
+    """The sink handed to recognizers and sensors."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+        self.spaces: dict[str, bool] = {}
+        self.errors = 0
+
+    def lane_lock(self, lane: str) -> threading.Lock:
+        """The lock that keeps one lane's work in order: plate reads here, and the HTTP API's actions at a lane
+        (manual open, confirming a read, admitting a visitor) take it too."""
+        with self._guard:
+            return self._locks[lane]
+
+    _lane_lock = lane_lock
+
+    # RecognizerSink
+    def plate_read(self, read: Any) -> None:
+        with self._lane_lock(read.lane):
+            try:
+                self._app.parking.handle_read(read)
+            except Exception:  # noqa: BLE001 - a failing decision must never kill a device thread
+                self.errors += 1
+                log.exception("decision failed for a read on lane %s", read.lane)
+                raise
+
+    def device_health(self, health: Any) -> None:
+        try:
+            self._app.parking.device_health(health)
+        except Exception:  # noqa: BLE001
+            log.exception("recording health of %s failed", getattr(health, "device", "?"))
+
+    # SensorSink
+    def space_reading(self, reading: Any) -> None:
+        self.spaces[reading.space] = reading.occupied
+
+
+class Jobs:
+    """Background jobs on one thread: each job runs every ``interval`` (monotonic), first after ``first``."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._jobs: list[list[Any]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def every(self, interval: timedelta, fn: Callable[[], Any], *, name: str, first: timedelta | None = None) -> None:
+        self._jobs.append([name, interval.total_seconds(), fn, (first or interval).total_seconds()])
+
+    def start(self) -> None:
+        base = self._clock.monotonic()
+        for job in self._jobs:
+            job[3] += base
+        self._thread = threading.Thread(target=self._run, name="smartpark-jobs", daemon=True)
+        self._thread.start()
+
+    def run_due(self) -> None:
+        now = self._clock.monotonic()
+        for job in self._jobs:
+            name, interval, fn, due = job
+            if now >= due:
+                job[3] = now + interval
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - keep the other jobs running
+                    log.exception("job %s failed", name)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.run_due()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+
+class Runtime:
+    """Start and stop everything the service runs besides its HTTP server."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.dispatcher = LaneDispatcher(app)
+        self.jobs = Jobs(app.clock)
+        self.started_at: datetime | None = None
+        self._started: list[Any] = []
+
+    def start(self) -> None:
+        app = self.app
+        _ = app.parking  # build the core (and the store, gates) before devices start talking
+        for gate in app.gates.values():
+            if hasattr(gate, "on_health"):
+                gate.on_health = self.dispatcher.device_health
+        for name, recognizer in app.recognizers.items():
+            log.info("starting recognizer %s", name)
+            recognizer.start(self.dispatcher)
+            self._started.append(recognizer)
+        for name, sensor in app.sensors.items():
+            log.info("starting sensor %s", name)
+            sensor.start(self.dispatcher)
+            self._started.append(sensor)
+        self.jobs.every(timedelta(days=1), self._purge, name="purge visitors", first=timedelta(minutes=1))
+        for adapter in [*app.recognizers.values(), *app.sensors.values()]:
+            if hasattr(adapter, "check_health"):
+                self.jobs.every(timedelta(seconds=5), adapter.check_health, name=f"health {adapter.name}")
+        self.jobs.start()
+        self.started_at = app.clock.now()
+
+    def _purge(self) -> None:
+        removed = self.app.residents.purge_visitors(actor="system:purge")
+        if removed:
+            log.info("purged %d visitor records past retention", removed)
+
+    def stop(self) -> None:
+        self.jobs.stop()
+        while self._started:
+            adapter = self._started.pop()
+            try:
+                adapter.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("stopping %r failed", adapter)
+
+    def http_routes(self) -> list[Any]:
+        """Routes that adapters (cameras' listening mode, payment callbacks) want mounted."""
+        routes = []
+        for group in (self.app.recognizers, self.app.payment_channels, self.app.sensors):
+            for adapter in group.values():
+                if hasattr(adapter, "http_routes"):
+                    routes.extend(adapter.http_routes())
+        return routes

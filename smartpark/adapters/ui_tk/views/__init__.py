@@ -1,0 +1,1 @@
+"""The booth's Tk views: widgets only (no business rules, no SQL); they call the controller through the shell."""
