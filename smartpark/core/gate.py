@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -150,8 +151,14 @@ class RegistrationLinks:
 
 @attrs.frozen
 class Occupancy:
+    """How full the lot is. ``occupied`` counts open stays, or occupied spaces where sensors report more (a car
+    that slipped in behind another, a stay closed by hand): the fuller figure decides, so the lot is never
+    announced free when it is not."""
+
     capacity: int
     occupied: int
+    stays: int | None = None  # open stays (when sensors are in use too)
+    sensed: int | None = None  # occupied spaces as sensors report them (None: no sensors)
 
     @property
     def free(self) -> int:
@@ -184,6 +191,8 @@ class ParkingService:
         self._store, self._clock, self._bus = store, clock, bus
         self.rules, self.tariffs, self._gates, self.links = rules, tariffs, gates, links
         self._residents = residents
+        self._spaces: dict[str, bool] = {}  # space -> occupied, from sensors (in memory: sensors re-report)
+        self._spaces_lock = threading.Lock()
 
     # == reads ============================================================================================
     def handle_read(self, read: Any, *, actor: str = SYSTEM) -> Decision:
@@ -261,7 +270,7 @@ class ParkingService:
             events.append(ev.Anomaly(at=now, lane=lane.id, plate=plate.masked, kind="missed_exit",
                                      message=f"{plate.masked} 上次离场未识别，已结束旧记录"))
 
-        occupancy = Occupancy(self.rules.capacity, uow.sessions.count_open())
+        occupancy = self._occupancy(uow)
         owner = uow.owners.by_plate(plate)
         if owner is not None:
             if occupancy.full and not self.rules.owners_enter_when_full:
@@ -328,7 +337,7 @@ class ParkingService:
                 raise ValidationError("该登记链接已使用，如需再次登记请重新扫描车道上的二维码",
                                       "this registration link was already used", field="token")
             # Keep no personal data for a car that cannot come in anyway (PIPL: minimum necessary).
-            if Occupancy(self.rules.capacity, uow.sessions.count_open()).full:
+            if self._occupancy(uow).full:
                 step = self._refuse_full(uow, now, lane, plate_value, str(plate_value), actor, None, [])
             else:
                 step = None
@@ -567,7 +576,27 @@ class ParkingService:
 
     def occupancy(self) -> Occupancy:
         with self._store.unit_of_work() as uow:
-            return Occupancy(self.rules.capacity, uow.sessions.count_open())
+            return self._occupancy(uow)
+
+    def space_reading(self, reading: Any) -> None:
+        """A space sensor's report (``smartpark.ports.SpaceReading``): occupancy follows it, and the lot's
+        full/available transition is announced once when the sensors tip it."""
+        with self._spaces_lock:
+            if self._spaces.get(reading.space) == reading.occupied:
+                return
+            self._spaces[reading.space] = reading.occupied
+        now = self._clock.now()
+        with self._store.unit_of_work() as uow:
+            events = self._occupancy_transition(uow, now)
+        self._bus.publish(events)
+
+    def _occupancy(self, uow: Any) -> Occupancy:
+        stays = uow.sessions.count_open()
+        with self._spaces_lock:
+            sensed = sum(1 for v in self._spaces.values() if v) if self._spaces else None
+        if sensed is None:
+            return Occupancy(self.rules.capacity, stays)
+        return Occupancy(self.rules.capacity, max(stays, sensed), stays=stays, sensed=sensed)
 
     def current_stays(self, limit: int = 200) -> list[StayView]:
         now = self._clock.now()
@@ -588,7 +617,7 @@ class ParkingService:
                         paid_fen=paid)
 
     def _occupancy_transition(self, uow: Any, now: datetime) -> list[ev.Event]:
-        occupancy = Occupancy(self.rules.capacity, uow.sessions.count_open())
+        occupancy = self._occupancy(uow)
         was_full = uow.lot.get("full") == "1"
         if occupancy.full == was_full:
             return []

@@ -350,3 +350,34 @@ class OwnerHeldWhenShortTests(GateTestCase):
         self.clock.advance(minutes=61)
         d = self.parking.handle_read(read(OUT, "京A12345"))
         self.assertEqual((d.outcome, d.reason), (Outcome.HOLD, "balance_short"))
+
+
+class SensorOccupancyTests(GateTestCase):
+    capacity = 2
+
+    def reading(self, space, occupied):
+        from smartpark.ports.sensor import SpaceReading
+
+        return SpaceReading(space=space, occupied=occupied, at=self.clock.now(), device="s1")
+
+    def test_sensors_fill_the_lot_and_announce_once(self):
+        self.parking.space_reading(self.reading("B1-001", True))
+        self.assertEqual(self.parking.occupancy().occupied, 1)
+        self.assertEqual(self.parking.occupancy().stays, 0)
+        self.parking.space_reading(self.reading("B1-002", True))
+        self.parking.space_reading(self.reading("B1-002", True))  # a repeat changes nothing
+        self.assertEqual(len(self.of(ev.LotFull)), 1)
+        d = self.parking.handle_read(read(IN, "沪B88888"))
+        self.assertEqual(d.reason, "lot_full")  # the sensors say full even though no stay is open
+        self.parking.space_reading(self.reading("B1-001", False))
+        self.assertEqual(len(self.of(ev.LotAvailable)), 1)
+        self.assertFalse(self.parking.occupancy().full)
+
+    def test_stays_count_when_sensors_report_fewer(self):
+        self.owner(1, "京A11111")
+        self.owner(2, "京A22222")
+        self.parking.space_reading(self.reading("B1-001", False))
+        self.parking.handle_read(read(IN, "京A11111"))
+        self.parking.handle_read(read(IN, "京A22222"))
+        occ = self.parking.occupancy()
+        self.assertEqual((occ.occupied, occ.stays, occ.sensed, occ.full), (2, 2, 0, True))

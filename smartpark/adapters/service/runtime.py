@@ -58,6 +58,10 @@ class LaneDispatcher:
     # SensorSink
     def space_reading(self, reading: Any) -> None:
         self.spaces[reading.space] = reading.occupied
+        try:
+            self._app.parking.space_reading(reading)
+        except Exception:  # noqa: BLE001 - never kill a sensor's thread
+            log.exception("space reading for %s failed", getattr(reading, "space", "?"))
 
 
 class Jobs:
