@@ -193,10 +193,29 @@ class ParkingService:
         self._residents = residents
         self._spaces: dict[str, bool] = {}  # space -> occupied, from sensors (in memory: sensors re-report)
         self._spaces_lock = threading.Lock()
+        self._gate_runner: Callable[[str, Callable[[], None]], None] | None = None
+        self._local = threading.local()
 
     # == reads ============================================================================================
-    def handle_read(self, read: Any, *, actor: str = SYSTEM) -> Decision:
-        """Decide what to do with one plate read (a ``smartpark.ports.PlateRead``) and act on it."""
+    def run_gate_commands_with(self, runner: Callable[[str, Callable[[], None]], None] | None) -> None:
+        """Let device reads hand their gate command to ``runner(lane, job)`` (the service's per-lane workers)
+        instead of waiting for the controller's acknowledgement on the device's thread. The decision is already
+        committed when the job is handed over, so a crash can lose only the command (a re-read repeats it);
+        the job records a failure and publishes the decision's events."""
+        self._gate_runner = runner
+
+    def handle_read(self, read: Any, *, actor: str = SYSTEM, background_gate: bool = False) -> Decision:
+        """Decide what to do with one plate read (a ``smartpark.ports.PlateRead``) and act on it.
+
+        With ``background_gate`` (device reads in the service) the gate command runs on the lane's worker
+        (see :meth:`run_gate_commands_with`) and the returned decision has ``gate_ok=None``."""
+        self._local.background = background_gate and self._gate_runner is not None
+        try:
+            return self._handle_read(read, actor=actor)
+        finally:
+            self._local.background = False
+
+    def _handle_read(self, read: Any, *, actor: str) -> Decision:
         lane = self.rules.lane(read.lane)
         now = self._clock.now()
         if lane is None:
@@ -648,6 +667,16 @@ class ParkingService:
     def _complete(self, step: _Step) -> Any:
         """After commit: tell the gate, record a failure, publish the events."""
         decision, events = step.decision, list(step.events)
+        if decision is not None and step.open_gate and getattr(self._local, "background", False):
+            runner = self._gate_runner
+            assert runner is not None
+
+            def job(d: Decision = decision) -> None:
+                opened = self._open(d, events)
+                self._bus.publish([_recorded(opened), *events])
+
+            runner(decision.lane, job)
+            return decision
         if decision is not None:
             if step.open_gate:
                 decision = self._open(decision, events)

@@ -202,6 +202,8 @@ def _clean_text(value: str | None, limit: int = MAX_TEXT) -> str:
     """Strip whitespace and control/format characters (RTL overrides, NULs...), cap the length."""
     if not value:
         return ""
+    if value.isprintable():  # no Cc/Cf/Cs/Co/Cn (nor separators other than space): nothing to drop
+        return value.strip()[:limit]
     kept = "".join(ch for ch in value.strip() if unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"))
     return kept.strip()[:limit]
 
@@ -340,6 +342,10 @@ class _Doc:
         for el in root.iter():
             if isinstance(el.tag, str):
                 self._index.setdefault(el.tag.lower(), []).append(el)
+        self._top: dict[str, str] = {}
+        for child in root:
+            if isinstance(child.tag, str) and len(child) == 0:
+                self._top.setdefault(child.tag.lower(), child.text or "")
         anpr = [el for el in self._index.get("anpr", []) if len(el)]
         self.anpr = anpr[0] if anpr else None
         self._anpr_ids = {id(el) for el in self.anpr.iter()} if self.anpr is not None else set()
@@ -359,9 +365,9 @@ class _Doc:
     def top(self, *names: str) -> str | None:
         """A direct child of the root first (``dateTime``, ``UUID``...), else anywhere."""
         for name in names:
-            for child in self.root:
-                if isinstance(child.tag, str) and child.tag.lower() == name.lower() and len(child) == 0:
-                    return child.text or ""
+            found = self._top.get(name.lower())
+            if found is not None:
+                return found
         return self.text(*names)
 
     def all(self, name: str) -> list[ET.Element]:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import defaultdict
 from collections.abc import Callable
@@ -19,6 +20,45 @@ from datetime import datetime, timedelta
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+class LaneWorkers:
+    """One worker thread per lane for gate commands: a lane's commands run in order, lanes run side by side,
+    and the device's thread goes on to the next read instead of waiting for the controller's acknowledgement."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, queue.SimpleQueue] = {}
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, lane: str, job: Callable[[], None]) -> None:
+        q = self._queues.get(lane)
+        if q is None:
+            with self._lock:
+                q = self._queues.get(lane)
+                if q is None:
+                    q = self._queues[lane] = queue.SimpleQueue()
+                    t = threading.Thread(target=self._run, args=(lane, q), name=f"gate-{lane}", daemon=True)
+                    self._threads.append(t)
+                    t.start()
+        q.put(job)
+
+    @staticmethod
+    def _run(lane: str, q: queue.SimpleQueue) -> None:
+        while (job := q.get()) is not None:
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - the next command must still run
+                log.exception("gate command for lane %s failed", lane)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish what is queued, then stop."""
+        with self._lock:
+            for q in self._queues.values():
+                q.put(None)
+            threads, self._threads, self._queues = self._threads, [], {}
+        for t in threads:
+            t.join(timeout)
 
 
 class LaneDispatcher:
@@ -43,7 +83,7 @@ class LaneDispatcher:
     def plate_read(self, read: Any) -> None:
         with self._lane_lock(read.lane):
             try:
-                self._app.parking.handle_read(read)
+                self._app.parking.handle_read(read, background_gate=True)
             except Exception:  # noqa: BLE001 - a failing decision must never kill a device thread
                 self.errors += 1
                 log.exception("decision failed for a read on lane %s", read.lane)
@@ -111,12 +151,13 @@ class Runtime:
         self.app = app
         self.dispatcher = LaneDispatcher(app)
         self.jobs = Jobs(app.clock)
+        self.lane_workers = LaneWorkers()
         self.started_at: datetime | None = None
         self._started: list[Any] = []
 
     def start(self) -> None:
         app = self.app
-        _ = app.parking  # build the core (and the store, gates) before devices start talking
+        app.parking.run_gate_commands_with(self.lane_workers)  # builds the core, store and gates first
         for gate in app.gates.values():
             if hasattr(gate, "on_health"):
                 gate.on_health = self.dispatcher.device_health
@@ -148,6 +189,8 @@ class Runtime:
                 adapter.stop()
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 log.exception("stopping %r failed", adapter)
+        self.lane_workers.stop()  # after the devices: the last reads' gate commands still go out
+        self.app.parking.run_gate_commands_with(None)
 
     def http_routes(self) -> list[Any]:
         """Routes that adapters (cameras' listening mode, payment callbacks) want mounted."""
