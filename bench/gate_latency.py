@@ -1,11 +1,16 @@
 """Gate latency: a plate read published to the broker -> the gate simulator receiving the open command.
 
-The whole service path, in one process so that the clocks agree: a raw ISAPI ``EventNotificationAlert`` (XML,
+The whole service path: a raw ISAPI ``EventNotificationAlert`` (XML,
 built by the camera simulator from the captured sample) published with QoS 1 on the camera relay topic
 ``smartpark/cameras/{camera}/events`` -> the broker -> ``camera_hikvision`` (its MQTT relay client: parse,
 de-duplicate) -> the service's lane dispatcher -> ``ParkingService.handle_read`` (one SQLite transaction: owner
 lookup by blind index, the stay, the decision) -> ``gate_tcp`` over real TCP -> the :class:`GateSimulator`, which
 time-stamps the command when it decodes the open request (``SimCommand.at``, ``time.monotonic()``).
+
+By default (``--service-process``) the service runs as deployed, in its own process (``python -m smartpark
+serve`` from a plugins.toml the bench writes into its temporary folder); the publisher and the simulator stay in
+the bench's process, so the publish time and the decode time are both its ``time.monotonic()``. ``--in-process``
+runs the service in the bench's process (``start_in_thread``), sharing the GIL with both. See bench/README.md.
 
 Owners are registered beforehand (through the service layer), so every read opens; each car enters on an entry
 lane and then leaves on the exit lane of the same number, so stays do not pile up; 50 lanes (25 in, 25 out),
@@ -21,7 +26,7 @@ one camera each. Two measurements, each beside a baseline measured in the same r
 Targets (2-core machine): p50 <= 2 ms and p99 <= 5 ms at 100 reads/s, >= 1,000 reads/s sustained, nothing lost.
 Prints PASS/FAIL per target; exits 0 regardless unless ``--strict``.
 
-    python bench/gate_latency.py [--store sqlite|postgresql] [--lanes 50] [--reads 1000] [--burst 5000]
+    python bench/gate_latency.py [--service-process | --in-process] [--store sqlite|postgresql] [--lanes 50] [--reads 1000] [--burst 5000]
                                  [--broker 127.0.0.1:1883] [--profile] [--strict]
 """
 
@@ -170,8 +175,11 @@ class Pipeline:
         self.ins = [f"in-{i:02d}" for i in range(1, half + 1)]
         self.outs = [f"out-{i:02d}" for i in range(1, half + 1)]
         lanes = self.ins + self.outs
-        self.sim = GateSimulator("127.0.0.1", 0, lanes, move_time_s=0.0, heartbeat_s=5.0, controller="bench",
-                                 dedup_ttl_s=args.sim_dedup_ttl).start()
+        # With --sim-process the controller runs in a process of its own, as on its own hardware; its time
+        # stamps are time.monotonic(), which on Linux is CLOCK_MONOTONIC, one clock for every process.
+        self.sim = (RemoteSimulator(lanes, args.sim_dedup_ttl) if args.sim_process else
+                    GateSimulator("127.0.0.1", 0, lanes, move_time_s=0.0, heartbeat_s=5.0, controller="bench",
+                                  dedup_ttl_s=args.sim_dedup_ttl).start())
         config = {
             "data_dir": folder,
             "lot": {"name": "基准测试停车场", "capacity": 100_000, "timezone": "Asia/Shanghai",
@@ -252,6 +260,265 @@ class Pipeline:
         self.sim.stop()
 
 
+class RemoteSimulator:
+    """The :class:`GateSimulator` in a child process; ``history`` fetches what it executed."""
+
+    def __init__(self, lanes: list[str], dedup_ttl_s: float) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_simulator_main, args=(child, lanes, dedup_ttl_s), daemon=True)
+        self._proc.start()
+        self.port = self._conn.recv()
+        self._seen: list[Any] = []
+
+    @property
+    def history(self) -> list[Any]:
+        self._conn.send(len(self._seen))
+        self._seen.extend(self._conn.recv())
+        return self._seen
+
+    def stop(self) -> None:
+        if self._proc.is_alive():
+            self._conn.send(None)
+            self._proc.join(5)
+
+
+def _simulator_main(conn: Any, lanes: list[str], dedup_ttl_s: float) -> None:
+    sim = GateSimulator("127.0.0.1", 0, lanes, move_time_s=0.0, heartbeat_s=5.0, controller="bench",
+                        dedup_ttl_s=dedup_ttl_s).start()
+    conn.send(sim.port)
+    try:
+        while (start := conn.recv()) is not None:
+            conn.send(list(sim.history[start:]))
+    finally:
+        sim.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Just enough TOML for the bench's config (tables, arrays of inline tables, scalars)."""
+    lines, tables = [], []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    out = "\n".join(lines)
+    for key, value in tables:
+        name = f"{prefix}.{key}" if prefix else key
+        out += f"\n\n[{name}]\n" + to_toml(value, name)
+    return out.strip() + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(v)
+
+
+class ServiceFailed(SystemExit):
+    pass
+
+
+class ServicePipeline(Pipeline):
+    """The same lot, with the service as its own process (``python -m smartpark serve``), as deployed.
+
+    The bench process keeps the publisher (the cameras) and the :class:`GateSimulator` (the barrier controller);
+    both time-stamp with ``time.monotonic()`` (CLOCK_MONOTONIC on Linux), so latencies are measured as before.
+    Owners are registered through ``bootstrap()`` on the same folder before the service starts; the decisions
+    are read back from the database after it stopped."""
+
+    READY_TRIES = 75  # warm-up reads: one every 0.2 s, up to 15 s
+
+    def __init__(self, args: argparse.Namespace, broker: Any, folder: str) -> None:
+        import subprocess  # noqa: F401 - used in start()
+
+        half = args.lanes // 2
+        self.ins = [f"in-{i:02d}" for i in range(1, half + 1)]
+        self.outs = [f"out-{i:02d}" for i in range(1, half + 1)]
+        lanes = self.ins + self.outs
+        self.sim = (RemoteSimulator(lanes, args.sim_dedup_ttl) if args.sim_process else
+                    GateSimulator("127.0.0.1", 0, lanes, move_time_s=0.0, heartbeat_s=5.0, controller="bench",
+                                  dedup_ttl_s=args.sim_dedup_ttl).start())
+        self.root = Path(folder)
+        self.config_path = self.root / "plugins.toml"
+        self.log = self.root / "service.log"
+        self.http_port = free_port()
+        self.broker_host, self.broker_port = broker.host, broker.port
+        self.proc: Any = None
+        self.exit_code: int | None = None
+        # One data key for the bench's bootstrap() and the service: the key file the first bootstrap creates.
+        for name in ("SMARTPARK_DATA_KEY", "SMARTPARK_DATA_INDEX_KID"):
+            os.environ.pop(name, None)
+        self.env = {**os.environ, "NO_COLOR": "1", "SMARTPARK_CONFIG": str(self.config_path)}
+        config = {
+            "data_dir": str(self.root / "data"),
+            "lot": {"name": "基准测试停车场", "capacity": 100_000, "timezone": "Asia/Shanghai",
+                    "lanes": [{"id": lane, "name": lane, "direction": "in" if lane.startswith("in") else "out"}
+                              for lane in lanes]},
+            "plugins": {
+                "enabled": [args.store_plugin, "gate_tcp", "camera_hikvision", "service"],
+                args.store_plugin: dict(args.store_settings),
+                "service": {"host": "127.0.0.1", "port": self.http_port},
+                "gate_tcp": {"controllers": [{"id": "bench", "host": "127.0.0.1", "port": self.sim.port,
+                                              "lanes": lanes}]},
+                "camera_hikvision": {
+                    "cameras": [{"id": f"cam-{lane}", "lane": lane} for lane in lanes],
+                    "mqtt": {"enabled": True, "host": broker.host, "port": broker.port,
+                             "client_id": "smartpark-bench-" + os.urandom(4).hex(), "persistent": True},
+                    "save_pictures": False,
+                },
+            },
+        }
+        if not config["plugins"][args.store_plugin]:
+            del config["plugins"][args.store_plugin]
+        self.config_path.write_text(to_toml(config), encoding="utf-8")
+        self.outcomes: dict[str, int] = {}
+        self.gate_failed = 0
+        self.tz: Any = None
+        self.next_car = 0
+
+    def register(self, n: int) -> float:
+        from smartpark.bootstrap import bootstrap
+
+        t = time.perf_counter()
+        self.app = bootstrap(self.config_path)
+        try:
+            self.tz = self.app.timezone
+            super().register(n)
+        finally:
+            self.app.close()
+            del self.app
+        return time.perf_counter() - t
+
+    # -- the service process ------------------------------------------------------------------------------------
+    def start(self) -> float:
+        """Start ``smartpark serve`` and wait until a read goes all the way through; returns seconds."""
+        import subprocess
+
+        t = time.monotonic()
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "smartpark", "serve"], cwd=self.root, env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT)
+        self._wait(self._healthy, 30, "the service to answer /healthz")
+        # the gate adapter's connection: the simulator has a live client (in-process simulator only)
+        peers = getattr(self.sim, "_peers", None)
+        if peers is not None:
+            self._wait(lambda: any(not p.closed for p in self.sim._peers), 15,
+                       "the service's gate adapter to connect to the simulator")
+            time.sleep(0.2)  # the hello and the lane states reach the adapter
+        # the camera relay's subscription: a read for a fresh owner every 0.2 s until its open arrives
+        from smartpark.infra.mqtt import BrokerSettings, MqttConnection
+
+        pub = MqttConnection(BrokerSettings(host=self.broker_host, port=self.broker_port),
+                             "bench-ready-" + os.urandom(3).hex(), persistent=False)
+        if not pub.start(wait=5):
+            raise ServiceFailed("the readiness publisher could not connect")
+        try:
+            base = self.opens()
+            for _ in range(self.READY_TRIES):
+                _, topic, payload = self.reads(1)[0]  # the car's entry read only
+                pub.publish(topic, payload, qos=1)
+                deadline = time.monotonic() + 0.2
+                while time.monotonic() < deadline and self.opens() == base:
+                    time.sleep(0.005)
+                if self.opens() > base:
+                    break
+                self._check_alive()
+            else:
+                raise ServiceFailed("no open command reached the simulator within 15 s of warm-up reads")
+        finally:
+            pub.stop()
+        time.sleep(0.3)  # late copies of earlier warm-up reads, if any, arrive before the measurements
+        return time.monotonic() - t
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ServiceFailed(f"the service exited with {self.proc.returncode}")
+
+    def _healthy(self) -> bool:
+        import http.client
+
+        self._check_alive()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=1)
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    def _wait(self, predicate: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise ServiceFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def stop_service(self) -> int | None:
+        import signal
+        import subprocess
+
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                print("the service did not stop within 30 s of SIGTERM: killed")
+        self.exit_code = self.proc.returncode
+        return self.exit_code
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log.read_text(encoding="utf-8", errors="replace")[-n:]
+        except OSError as e:
+            return f"(no log: {e})"
+
+    def read_decisions(self) -> None:
+        """Per-reason counts and gate failures, from the database (a second store, after the service stopped)."""
+        from smartpark.bootstrap import bootstrap
+
+        app = bootstrap(self.config_path)
+        try:
+            with app.store.unit_of_work() as uow:
+                decisions = uow.decisions.recent(None, 100_000)
+        finally:
+            app.close()
+        for d in decisions:
+            self.outcomes[d.reason] = self.outcomes.get(d.reason, 0) + 1
+            if d.gate_ok is False:
+                self.gate_failed += 1
+
+    def close(self) -> None:
+        try:
+            self.stop_service()
+        finally:
+            self.sim.stop()
+
+
 def match_latencies(items: list[tuple[str, str, bytes]], sent: list[float], commands: list[Any]) -> list[float]:
     """Per lane, the k-th read sent is answered by the k-th open received (reads of a lane are handled in order)."""
     by_lane: dict[str, list[float]] = {}
@@ -289,12 +556,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="PostgreSQL for --store postgresql (a fresh schema bench_<random> is made and dropped)")
     ap.add_argument("--sim-dedup-ttl", type=float, default=1.0,
                     help="the gate simulator's reply cache (s); see bench/README.md: its pruning is O(n) per request")
-    ap.add_argument("--profile", action="store_true", help="also profile the service path (cProfile, no broker)")
+    ap.add_argument("--sim-process", action="store_true",
+                    help="run the gate simulator in a process of its own (default: in the bench's process)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--service-process", dest="in_process", action="store_false",
+                      help="the service as its own process, `python -m smartpark serve` (the default)")
+    mode.add_argument("--in-process", dest="in_process", action="store_true",
+                      help="the service in the bench's process (start_in_thread), sharing its GIL")
+    ap.set_defaults(in_process=False)
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile the service path (cProfile, no broker; --in-process only)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     if args.lanes < 2 or args.lanes % 2:
         ap.error("--lanes must be an even number >= 2")
+    if args.profile and not args.in_process:
+        ap.error("--profile profiles the service in the bench's process: add --in-process")
 
     if args.store == "postgresql":
         problem = postgres_problem(args.dsn)
@@ -309,16 +587,36 @@ def main(argv: list[str] | None = None) -> int:
 
     host, port = parse_address(args.broker)
     broker = ensure_broker(host, port)
-    print(f"broker: {broker.note}")
     folder = tempfile.TemporaryDirectory(prefix="smartpark-bench-")
-    pipe = Pipeline(args, broker, folder.name)
     cars_latency = args.reads // 2
     cars_burst = args.burst // 2
     warm_cars = 100
     owners = warm_cars + cars_latency + cars_burst + (1000 if args.profile else 0)
-    took = pipe.register(owners)
+    if args.in_process:
+        print("mode: in-process (the service in the bench's process through start_in_thread, sharing the GIL "
+              "with the publisher and the gate simulator)")
+        print(f"broker: {broker.note}")
+        pipe: Pipeline = Pipeline(args, broker, folder.name)
+        took = pipe.register(owners)
+    else:
+        print("mode: service-process (`python -m smartpark serve` in its own process; publisher and gate simulator "
+              "in the bench's process)")
+        print(f"broker: {broker.note}")
+        pipe = ServicePipeline(args, broker, folder.name)
+        owners += ServicePipeline.READY_TRIES
+        try:
+            took = pipe.register(owners)
+            ready = pipe.start()
+        except BaseException:
+            pipe.close()
+            print(f"--- the service's log ({pipe.log}), tail ---\n{pipe.log_tail()}")
+            folder.cleanup()
+            raise
     print(f"store: {args.store} ({args.store_plugin}), {args.lanes} lanes ({len(pipe.ins)} in, {len(pipe.outs)} out), "
           f"{owners} owners registered beforehand in {took:.1f} s through the service layer")
+    if not args.in_process:
+        print(f"service: pid {pipe.proc.pid}, http://127.0.0.1:{pipe.http_port}, reading and opening after "
+              f"{ready:.1f} s (healthz, gate connected, a warm-up read opened)")
     settings = BrokerSettings(host=broker.host, port=broker.port)
     pub = MqttConnection(settings, "bench-pub-" + os.urandom(3).hex(), persistent=False)
     pub.client.max_inflight_messages_set(max(args.window * 2, 100))
@@ -368,19 +666,39 @@ def main(argv: list[str] | None = None) -> int:
         secs, got = windowed(items, args.window, lambda it: pub.publish(it[1], it[2], qos=1),
                              lambda: pipe.opens() - base)
         results["burst"] = (len(items), got, secs)
+    except BaseException:
+        if isinstance(pipe, ServicePipeline):
+            pipe.close()
+            print(f"--- the service's log ({pipe.log}), tail ---\n{pipe.log_tail()}")
+        raise
     finally:
         gc.callbacks.remove(gc_pauses)
         pub.stop()
         sub.stop()
 
     profile_text = profile(pipe, args) if args.profile else ""
+    service_note = ""
+    if isinstance(pipe, ServicePipeline):
+        code = pipe.stop_service()
+        try:
+            lines = pipe.log.read_bytes().count(b"\n")
+        except OSError:
+            lines = -1
+        service_note = f"service: stopped with SIGTERM, exit code {code}; its log (INFO, as deployed): {lines} lines"
+        try:
+            pipe.read_decisions()
+        except Exception as e:  # noqa: BLE001 - report it, keep the measurements
+            service_note += f"; the decisions could not be read back: {type(e).__name__}: {e}"
     outcomes, gate_failed = dict(pipe.outcomes), pipe.gate_failed
     pipe.close()
     broker.stop()
+    rc = report(args, broker, results, outcomes, gate_failed, profile_text, service_note)
+    if isinstance(pipe, ServicePipeline) and (pipe.exit_code != 0 or results["failed"]):
+        print(f"\n--- the service's log ({pipe.log}), tail ---\n{pipe.log_tail()}")
     folder.cleanup()
     if args.store_plugin == "storage_postgres":
         drop_schema(args.dsn, args.store_settings["schema"])
-    return report(args, broker, results, outcomes, gate_failed, profile_text)
+    return rc
 
 
 def profile(pipe: Pipeline, args: argparse.Namespace) -> str:
@@ -401,7 +719,7 @@ def profile(pipe: Pipeline, args: argparse.Namespace) -> str:
 
 
 def report(args: argparse.Namespace, broker: Any, r: dict[str, Any], outcomes: dict[str, int], gate_failed: int,
-           profile_text: str) -> int:
+           profile_text: str, service_note: str = "") -> int:
     raw, lat = r["raw"], r["lat"]
     echo_n, echo_got, echo_s = r["echo"]
     burst_n, burst_got, burst_s = r["burst"]
@@ -430,8 +748,11 @@ def report(args: argparse.Namespace, broker: Any, r: dict[str, Any], outcomes: d
     print(f"baseline: the same payloads (raw ISAPI XML, ~{len(build_alert_xml('京A00001')[1]) // 100 / 10:.1f} KB) "
           f"published with QoS 1 by the same client (MqttConnection/paho) to a plain subscriber callback, "
           f"through the same broker ({broker.address}{', embedded' if broker.embedded else ''})")
-    print(f"decisions: {dict(sorted(outcomes.items()))}; gate failures: {gate_failed}")
-    print(f"GC during the latency run: {r['pipe_gc']}")
+    where = "in the database after the run" if not args.in_process else "DecisionRecorded events"
+    print(f"decisions ({where}): {dict(sorted(outcomes.items()))}; gate failures: {gate_failed}")
+    print(f"GC during the latency run{'' if args.in_process else ' (the bench process)'}: {r['pipe_gc']}")
+    if service_note:
+        print(service_note)
     print()
     checks = [
         (f"p50 <= {TARGET_P50_MS:g} ms at {args.rate:.0f} reads/s", pct(lat, 50) <= TARGET_P50_MS, f"{pct(lat, 50):.3f} ms"),
@@ -446,6 +767,7 @@ def report(args: argparse.Namespace, broker: Any, r: dict[str, Any], outcomes: d
         print()
         print(profile_text)
     failed = [c for c in checks if not c[1]]
+    r["failed"] = [name for name, ok, _ in checks if not ok and name == "nothing lost"]
     return 1 if failed and args.strict else 0
 
 

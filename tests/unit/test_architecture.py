@@ -107,3 +107,12 @@ class AdapterTests(unittest.TestCase):
 
         cfg = load_config(ROOT / "plugins.toml")
         self.assertIn("storage_sqlite", cfg.plugins.enabled)
+
+
+class LintTests(unittest.TestCase):
+    def test_ruff_is_clean(self):
+        exe = Path(sys.executable).with_name("ruff")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ruff"]
+        result = subprocess.run(cmd + ["check", "smartpark", "tests", "bench"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)

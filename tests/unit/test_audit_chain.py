@@ -1,7 +1,7 @@
 """The audit hash chain rules (smartpark.core.audit), independent of any store."""
 
 import unittest
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import attrs
 from hypothesis import given, settings
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from smartpark.core.audit import GENESIS, next_entry, verify_chain
 
 KEY = b"k" * 32
-T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
 
 def chain(n, key=KEY):

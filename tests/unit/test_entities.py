@@ -1,12 +1,19 @@
 """Entities: protected fields are read-only; factories enforce their rules."""
 
 import unittest
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from smartpark.core.entities import Announcement, Owner, Visitor
 from smartpark.core.errors import ReadOnlyFieldError, ValidationError
 from smartpark.core.values import Money, Plate
-from smartpark.testing.samples import SAMPLE_TIME, sample_id_number, sample_owner, sample_phone, sample_plate, sample_visitor
+from smartpark.testing.samples import (
+    SAMPLE_TIME,
+    sample_id_number,
+    sample_owner,
+    sample_phone,
+    sample_plate,
+    sample_visitor,
+)
 
 
 class OwnerTests(unittest.TestCase):
@@ -94,7 +101,7 @@ class VisitorTests(unittest.TestCase):
 
 class AnnouncementTests(unittest.TestCase):
     def test_current_window(self):
-        t = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        t = datetime(2024, 1, 1, tzinfo=UTC)
         a = Announcement(id="a", title="t", body="b", valid_from=t, valid_until=t + timedelta(hours=1), created_at=t,
                          created_by="x")
         self.assertFalse(a.is_current(t - timedelta(seconds=1)))

@@ -7,7 +7,7 @@ import hmac
 import json
 import threading
 import unittest
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from smartpark.core.clock import SystemClock
 from smartpark.ports.gate import GateTimeout
@@ -18,7 +18,7 @@ from smartpark.testing.fakes.devices import FakeGate, FakeRecognizer, FakeSpaceS
 from smartpark.testing.fakes.notifier import FakeNotifier
 from smartpark.testing.fakes.payment import SIGNATURE_HEADER, FakePaymentChannel
 
-UTC = timezone.utc
+UTC = UTC
 SHANGHAI = timezone(timedelta(hours=8))
 
 

@@ -152,7 +152,7 @@ class BootstrapTests(unittest.TestCase):
     def test_exactly_one_store(self):
         app = bootstrap(config(["demo_gate"]), overrides={"plugins": plugins()})
         with self.assertRaises(ConfigError) as ctx:
-            app.store
+            _ = app.store
         self.assertIn("memory", ctx.exception.en)
 
     def test_overrides_replace_providers_and_unknown_names_fail(self):
@@ -247,7 +247,7 @@ class EveryHookTests(unittest.TestCase):
 
         app = bootstrap(config(["memory", "rec_gate"]),
                         overrides={"plugins": Plugins(load_entry_points=False, extra=(GatePlugin(),))})
-        app.gates  # build it
+        _ = app.gates  # build it
         app.close()
         self.assertEqual(released, [["in-9"]])
         app.close()  # idempotent

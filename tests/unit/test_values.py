@@ -515,7 +515,7 @@ class MoneyTests(unittest.TestCase):
         with self.assertRaises(TypeError):
             a + 1  # type: ignore[operator]  # noqa: B018
         with self.assertRaises(TypeError):
-            a < 5  # type: ignore[operator]  # noqa: B018
+            _ = a < 5  # type: ignore[operator]
 
     def test_yuan(self) -> None:
         self.assertEqual(Money.from_yuan("12.50"), Money(1250))

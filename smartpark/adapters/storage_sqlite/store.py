@@ -22,7 +22,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class SqliteStore:
                 for statement in migration.statements():
                     self._conn.execute(statement)
                 self._conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                                   (migration.version, _to_db(datetime.now(timezone.utc))))
+                                   (migration.version, _to_db(datetime.now(UTC))))
             self._conn.execute("INSERT INTO store_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
                                (_FINGERPRINT, self._keyring.index_fingerprint))
             self._check_key()
@@ -207,7 +207,7 @@ def _to_db(at: datetime) -> str:
     """UTC ISO-8601 with microseconds: fixed width, so text order is time order."""
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError(f"refusing to store a naive datetime ({at.isoformat()}); times must be timezone-aware")
-    return at.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _to_db_or_none(at: datetime | None) -> str | None:

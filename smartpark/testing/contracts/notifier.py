@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import unittest
 import uuid
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from ...ports.notifier import DeliveryResult, DeliveryStatus, Message, Notifier
 

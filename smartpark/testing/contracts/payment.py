@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import unittest
 import uuid
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from ...core.errors import SmartparkError
 from ...ports.payment import (
@@ -100,7 +101,7 @@ class PaymentChannelContract(_Base):
             out_trade_no=out_trade_no or self.new_out_trade_no(),
             amount_fen=self.amount_fen if amount_fen is None else amount_fen,
             description="停车费 contract test",
-            expires_at=datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=15),
+            expires_at=datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=15),
             notify_url="https://smartpark.invalid/pay/notify",
         )
 

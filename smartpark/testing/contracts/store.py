@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import threading
 import unittest
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 from typing import TYPE_CHECKING
 
 from ...core.audit import GENESIS
@@ -466,7 +466,7 @@ class StoreContract(_TestCase):
             self.assertEqual(self.ids(uow.visitors.last_seen_before(cutoff)),
                              self.ids([visitors[2], visitors[0], visitors[4]]))
             self.assertEqual(self.ids(uow.visitors.last_seen_before(cutoff, limit=1)), [visitors[2].id])
-            in_utc = cutoff.astimezone(timezone.utc)
+            in_utc = cutoff.astimezone(UTC)
             self.assertEqual(len(uow.visitors.last_seen_before(in_utc)), 3)
 
     # -- announcements ------------------------------------------------------------------------------
@@ -787,7 +787,7 @@ class StoreContract(_TestCase):
             self.assertEqual(self.session_ids(uow.sessions.between(since, until)), self.session_ids(want))
             self.assertEqual(self.session_ids(uow.sessions.between(since, until, limit=2)),
                              self.session_ids(want[:2]))
-            in_utc = uow.sessions.between(since.astimezone(timezone.utc), until.astimezone(timezone.utc))
+            in_utc = uow.sessions.between(since.astimezone(UTC), until.astimezone(UTC))
             self.assertEqual(self.session_ids(in_utc), self.session_ids(want))
             self.assertEqual(uow.sessions.between(until + 3 * h, until + 4 * h), [])
 
@@ -955,7 +955,7 @@ class StoreContract(_TestCase):
             self.assertEqual(find(since=t + 2 * h), self.session_ids([o3, o4, o2]))
             self.assertEqual(find(until=t + 2 * h), [o1.id])
             self.assertEqual(find(since=t + 2 * h, until=t + 3 * h), self.session_ids([o4, o2]))
-            self.assertEqual(find(since=(t + 2 * h).astimezone(timezone.utc), until=t + 3 * h),
+            self.assertEqual(find(since=(t + 2 * h).astimezone(UTC), until=t + 3 * h),
                              self.session_ids([o4, o2]))
             self.assertEqual(find(state=OrderState.CREATED, plate=sample_plate(2)), [o2.id])
             self.assertEqual(find(state=OrderState.PAID, since=t + 2 * h), [])
@@ -1038,7 +1038,7 @@ class StoreContract(_TestCase):
             self.assertEqual(count(since, until, outcome=Outcome.OPEN), 2)
             self.assertEqual(count(since, until, outcome="open"), 2)
             self.assertEqual(count(since, until + s, direction="in", outcome=Outcome.OPEN), 2)
-            self.assertEqual(count(since.astimezone(timezone.utc), until, direction="out"), 2)
+            self.assertEqual(count(since.astimezone(UTC), until, direction="out"), 2)
             self.assertEqual(count(until + s, until + 2 * s), 0)
 
     def test_appending_a_decision_twice_conflicts(self) -> None:

@@ -10,12 +10,12 @@ All methods are thread-safe: device threads and the test thread may share one.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 __all__ = ["FakeClock", "DEFAULT_START"]
 
 #: Where a ``FakeClock()`` starts: 2025-01-06 00:00 UTC (08:00 in Shanghai, a Monday).
-DEFAULT_START = datetime(2025, 1, 6, 0, 0, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2025, 1, 6, 0, 0, tzinfo=UTC)
 
 _MONOTONIC_START = 1000.0
 
@@ -25,7 +25,7 @@ def _as_utc(dt: datetime, what: str) -> datetime:
         raise TypeError(f"{what} must be a datetime, got {type(dt).__name__}")
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, got the naive {dt.isoformat()}")
-    return dt.astimezone(timezone.utc)
+    return dt.astimezone(UTC)
 
 
 class FakeClock:

@@ -22,8 +22,9 @@ import itertools
 import json
 import secrets
 import threading
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 import attrs
 
