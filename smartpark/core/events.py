@@ -232,3 +232,11 @@ class Anomaly(Event):
     plate: str | None  # masked
     kind: str
     message: str
+
+
+#: What an attendant's screen (the booth, the SSE stream) follows: decisions, what needs a person, the lot, devices.
+ATTENDANT_EVENTS: tuple[type[Event], ...] = (
+    DecisionRecorded, VisitorRegistrationRequired, ReadNeedsConfirmation, PaymentRequired, PaymentSucceeded,
+    VehicleEntered, VehicleExited, EntryRefused, PlateBlockedAlarm, LotFull, LotAvailable, DeviceOffline,
+    DeviceOnline, GateFailed, ManualOpen, Anomaly,
+)

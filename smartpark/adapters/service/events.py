@@ -36,24 +36,7 @@ from smartpark.core.values import Money
 log = logging.getLogger(__name__)
 
 #: What the booth and the SSE stream receive by default.
-DEFAULT_EVENT_TYPES: tuple[type[ev.Event], ...] = (
-    ev.DecisionRecorded,
-    ev.VisitorRegistrationRequired,
-    ev.ReadNeedsConfirmation,
-    ev.PaymentRequired,
-    ev.PaymentSucceeded,
-    ev.VehicleEntered,
-    ev.VehicleExited,
-    ev.EntryRefused,
-    ev.PlateBlockedAlarm,
-    ev.LotFull,
-    ev.LotAvailable,
-    ev.DeviceOffline,
-    ev.DeviceOnline,
-    ev.GateFailed,
-    ev.ManualOpen,
-    ev.Anomaly,
-)
+DEFAULT_EVENT_TYPES: tuple[type[ev.Event], ...] = ev.ATTENDANT_EVENTS
 
 
 @attrs.frozen

@@ -35,23 +35,7 @@ from smartpark.core import events as ev
 log = logging.getLogger(__name__)
 
 #: The domain events the booth reacts to.
-UI_EVENT_TYPES: tuple[type[ev.Event], ...] = (
-    ev.DecisionRecorded,
-    ev.VisitorRegistrationRequired,
-    ev.ReadNeedsConfirmation,
-    ev.PaymentRequired,
-    ev.PaymentSucceeded,
-    ev.VehicleEntered,
-    ev.VehicleExited,
-    ev.EntryRefused,
-    ev.PlateBlockedAlarm,
-    ev.LotFull,
-    ev.LotAvailable,
-    ev.DeviceOffline,
-    ev.DeviceOnline,
-    ev.GateFailed,
-    ev.ManualOpen,
-    ev.Anomaly,
+UI_EVENT_TYPES: tuple[type[ev.Event], ...] = ev.ATTENDANT_EVENTS + (
     ev.AnnouncementPublished,
     ev.AnnouncementDeleted,
     ev.OwnerRegistered,
