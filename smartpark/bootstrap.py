@@ -53,7 +53,7 @@ def _enabled_configs(plugins: Plugins, config: AppConfig) -> dict[str, Any]:
 
 
 #: Per kind, the method that releases an adapter's resources.
-_RELEASE = {"store": "close", "gate": "shutdown", "recognizer": "stop", "sensor": "stop"}
+_RELEASE = {"store": "close", "gate": "shutdown", "recognizer": "stop", "sensor": "stop", "notifier": "close"}
 
 
 def _build_kind(plugins: Plugins, enabled: dict[str, Any], context: PluginContext, closers: list,

@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -59,6 +59,8 @@ import attrs
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from .loopback import LoopbackHTTPServer
 
 __all__ = ["AlipaySandbox", "Delivery", "GatewayCall", "KeyPair", "SandboxOrder", "main"]
 
@@ -213,7 +215,7 @@ class AlipaySandbox:
         self._failures: dict[str, list[tuple[str, str, str]]] = {}
         self._rogue: KeyPair | None = None
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: LoopbackHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._own_dir = key_dir is None
         self.key_dir = Path(key_dir) if key_dir is not None else Path(tempfile.mkdtemp(prefix="alipay-sandbox-"))
@@ -226,7 +228,7 @@ class AlipaySandbox:
         class Handler(_Handler):
             owner = sandbox
 
-        self._server = ThreadingHTTPServer((self.host, self._port), Handler)
+        self._server = LoopbackHTTPServer((self.host, self._port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="alipay-sandbox", daemon=True)

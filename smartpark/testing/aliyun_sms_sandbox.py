@@ -49,9 +49,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
+
+from .loopback import LoopbackHTTPServer
 
 __all__ = ["AliyunSmsSandbox", "SandboxSms", "main", "mask_phone"]
 
@@ -502,9 +504,7 @@ class AliyunSmsSandbox:
         return numbers, sign_name, template_code, values, canned
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 128  # the default 5 drops simultaneous connects (concurrency tests)
-    daemon_threads = True
+class _Server(LoopbackHTTPServer):
     block_on_close = False
 
 

@@ -44,9 +44,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from .loopback import LoopbackHTTPServer
 
 __all__ = ["SandboxTemplateMessage", "WeChatApiSandbox", "main", "mask_openid"]
 
@@ -419,9 +421,7 @@ class WeChatApiSandbox:
         return {"errcode": 0, "errmsg": "ok", "msgid": msgid, "_message": message}
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 128  # the default 5 drops simultaneous connects (concurrency tests)
-    daemon_threads = True
+class _Server(LoopbackHTTPServer):
     block_on_close = False
 
 

@@ -53,7 +53,7 @@ import urllib.request
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -63,6 +63,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .loopback import LoopbackHTTPServer
 
 __all__ = ["Delivery", "SIGNATURE_TYPE", "WeChatPaySandbox", "main"]
 
@@ -193,7 +195,7 @@ class WeChatPaySandbox:
         self._fail_next: list[tuple[int, str, str]] = []
         self._forger_key: rsa.RSAPrivateKey | None = None
         self._host, self._port = host, port
-        self._server: ThreadingHTTPServer | None = None
+        self._server: LoopbackHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- keys ------------------------------------------------------------------------------------------------
@@ -239,7 +241,7 @@ class WeChatPaySandbox:
         class Handler(_Handler):
             owner = sandbox
 
-        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
+        self._server = LoopbackHTTPServer((self._host, self._port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="wechatpay-sandbox", daemon=True)
