@@ -215,30 +215,60 @@ class ParkingService:
         finally:
             self._local.background = False
 
+    def handle_reads(self, reads: list[Any], *, actor: str = SYSTEM, background_gate: bool = False) -> list[Decision]:
+        """Decide several reads in ONE transaction (group commit), in order; then act on each.
+
+        The service uses it for reads that queued up while the previous batch was being decided: one commit
+        instead of one per read. If the batch fails as a whole (say a conflict with another instance), each read
+        is decided again on its own, so one bad read never costs the others."""
+        if len(reads) == 1:
+            return [self.handle_read(reads[0], actor=actor, background_gate=background_gate)]
+        self._local.background = background_gate and self._gate_runner is not None
+        try:
+            try:
+                with self._store.unit_of_work() as uow:
+                    steps = [self._read_in(uow, read, self._clock.now(), [], actor=actor) for read in reads]
+            except Exception:  # noqa: BLE001 - fall back to one transaction per read
+                log.warning("a batch of %d reads failed as a whole; deciding them one by one", len(reads),
+                            exc_info=True)
+                return [self._handle_read(read, actor=actor) for read in reads]
+            return [self._complete(step) for step in steps]
+        finally:
+            self._local.background = False
+
     def _handle_read(self, read: Any, *, actor: str) -> Decision:
+        with self._store.unit_of_work() as uow:
+            step = self._read_in(uow, read, self._clock.now(), [], actor=actor)
+        return self._complete(step)
+
+    def _read_in(self, uow: Any, read: Any, now: datetime, events: list[ev.Event], *, actor: str) -> _Step:
         lane = self.rules.lane(read.lane)
-        now = self._clock.now()
         if lane is None:
-            return self._record_only(now, read.lane, "in", read.plate, read.raw_text, Outcome.HOLD, "unknown_lane",
-                                     f"未配置的车道 {read.lane}，请检查摄像机设置", actor=actor,
-                                     event_id=read.event_id)
+            return self._held_in(uow, now, read.lane, "in", read, "unknown_lane",
+                                 f"未配置的车道 {read.lane}，请检查摄像机设置", actor, events)
         if read.plate is None or read.confidence < self.rules.min_confidence:
-            decision = self._record_only(
-                now, lane.id, lane.direction, read.plate, read.raw_text, Outcome.HOLD, "confirm",
-                "车牌识别不清，请值班员确认车牌", actor=actor, event_id=read.event_id)
-            self._bus.publish([ev.ReadNeedsConfirmation(at=now, lane=lane.id, raw_text=_mask_raw(read.raw_text),
-                                                        confidence=read.confidence, picture=read.picture)])
-            return decision
+            events.append(ev.ReadNeedsConfirmation(at=now, lane=lane.id, raw_text=_mask_raw(read.raw_text),
+                                                   confidence=read.confidence, picture=read.picture))
+            return self._held_in(uow, now, lane.id, lane.direction, read, "confirm", "车牌识别不清，请值班员确认车牌",
+                                 actor, events)
         if read.direction in ("in", "out") and read.direction != lane.direction:
-            decision = self._record_only(
-                now, lane.id, lane.direction, read.plate, read.raw_text, Outcome.HOLD, "wrong_direction",
-                f"车辆 {read.plate.masked} 行驶方向与车道不符，请值班员处理", actor=actor, event_id=read.event_id)
-            self._bus.publish([ev.Anomaly(at=now, lane=lane.id, plate=read.plate.masked, kind="wrong_direction",
-                                          message=decision.message)])
-            return decision
+            message = f"车辆 {read.plate.masked} 行驶方向与车道不符，请值班员处理"
+            events.append(ev.Anomaly(at=now, lane=lane.id, plate=read.plate.masked, kind="wrong_direction",
+                                     message=message))
+            return self._held_in(uow, now, lane.id, lane.direction, read, "wrong_direction", message, actor, events)
         if lane.direction == "in":
-            return self._entry(lane, read.plate, read.raw_text, now, actor=actor, event_id=read.event_id)
-        return self._exit(lane, read.plate, read.raw_text, now, actor=actor, event_id=read.event_id)
+            return self._entry_in(uow, lane, read.plate, read.raw_text, now, events, actor=actor,
+                                  event_id=read.event_id)
+        return self._exit_in(uow, lane, read.plate, read.raw_text, now, events, actor=actor, event_id=read.event_id)
+
+    @staticmethod
+    def _held_in(uow: Any, now: datetime, lane: str, direction: str, read: Any, reason: str, message: str,
+                 actor: str, events: list[ev.Event]) -> _Step:
+        d = Decision(id=new_id(), at=now, lane=lane, direction=direction, plate=read.plate, raw_text=read.raw_text,
+                     outcome=Outcome.HOLD, reason=reason, message=message, actor=actor,
+                     read_event_id=read.event_id)
+        uow.decisions.append(d)
+        return _Step(d, events, False)
 
     def confirm_read(self, lane_id: str, plate_text: str, *, actor: str) -> Decision:
         """The attendant confirms (or corrects) a plate the camera could not read with confidence."""
@@ -290,11 +320,11 @@ class ParkingService:
                                      message=f"{plate.masked} 上次离场未识别，已结束旧记录"))
 
         occupancy = self._occupancy(uow)
-        owner = uow.owners.by_plate(plate)
-        if owner is not None:
+        owner_id = uow.owners.id_by_plate(plate)  # the id is all the gate needs: nothing is decrypted
+        if owner_id is not None:
             if occupancy.full and not self.rules.owners_enter_when_full:
                 return self._refuse_full(uow, now, lane, plate, raw, actor, event_id, events)
-            return self._admit(uow, now, lane, plate, raw, HolderKind.OWNER, owner.id, "owner",
+            return self._admit(uow, now, lane, plate, raw, HolderKind.OWNER, owner_id, "owner",
                                f"业主车辆 {plate.masked} 欢迎回家", actor, event_id, events)
         visitor = uow.visitors.by_plate(plate)
         if occupancy.full:
@@ -470,8 +500,7 @@ class ParkingService:
                              f"{plate.masked} 重复识别，再次抬杆", actor=actor, event_id=event_id,
                              session=None)
             return _Step(d, events, True)
-        owner = uow.owners.by_plate(plate)
-        if owner is not None:
+        if uow.owners.id_by_plate(plate) is not None:
             d = self._decide(uow, now, lane, plate, raw, Outcome.OPEN, "exit_without_entry",
                              f"业主车辆 {plate.masked} 无入场记录，已放行并记录", actor=actor, event_id=event_id,
                              holder_kind="owner")
@@ -655,14 +684,6 @@ class ParkingService:
                      read_event_id=event_id)
         uow.decisions.append(d)
         return d
-
-    def _record_only(self, now: datetime, lane: str, direction: str, plate: Plate | None, raw: str,
-                     outcome: Outcome, reason: str, message: str, *, actor: str, event_id: str | None) -> Decision:
-        with self._store.unit_of_work() as uow:
-            d = Decision(id=new_id(), at=now, lane=lane, direction=direction, plate=plate, raw_text=raw,
-                         outcome=outcome, reason=reason, message=message, actor=actor, read_event_id=event_id)
-            uow.decisions.append(d)
-        return self._complete(_Step(d, [], False))
 
     def _complete(self, step: _Step) -> Any:
         """After commit: tell the gate, record a failure, publish the events."""

@@ -28,6 +28,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
+#: A handler that takes over the acknowledgement: ``handler(topic, payload, ack)``; call ``ack()`` once the
+#: message has been dealt with (with ``manual_ack=True`` the broker redelivers what was never acknowledged).
+DeferredHandler = Callable[[str, bytes, Callable[[], None]], None]
 
 
 @attrs.frozen
@@ -57,10 +60,13 @@ class MqttConnection:
 
     def __init__(self, settings: BrokerSettings, client_id: str | None = None, *,
                  on_status: Callable[[bool, str], None] | None = None,
-                 will: tuple[str, bytes, bool] | None = None, persistent: bool = True) -> None:
+                 will: tuple[str, bytes, bool] | None = None, persistent: bool = True,
+                 manual_ack: bool = False) -> None:
         self.settings = settings
         self.client_id = client_id or f"smartpark-{uuid.uuid4().hex[:12]}"
         self._subs: dict[str, tuple[int, MessageHandler]] = {}
+        self._deferred: dict[str, DeferredHandler] = {}
+        self._manual_ack = manual_ack
         self._routes: dict[str, list[MessageHandler]] = {}  # topic -> matching handlers (cleared on subscribe)
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -69,7 +75,8 @@ class MqttConnection:
         self._stopping = False
         self._on_status = on_status
         self._persistent = persistent
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
+                        manual_ack=manual_ack)
         if settings.username:
             c.username_pw_set(settings.username, settings.password)
         if will:
@@ -115,9 +122,20 @@ class MqttConnection:
     def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1) -> None:
         with self._lock:
             self._subs[topic] = (qos, handler)
+            if handler is not _noop:
+                self._deferred.pop(topic, None)
             self._routes.clear()
         if self.connected:
             self._track(self.client.subscribe(topic, options=SubscribeOptions(qos=qos)))
+
+    def subscribe_deferred(self, topic: str, handler: DeferredHandler, qos: int = 1) -> None:
+        """Like :meth:`subscribe`, but the handler acknowledges the message itself, later, by calling ``ack()``
+        (needs ``manual_ack=True``): a message is acknowledged only once its work is done."""
+        if not self._manual_ack:
+            raise ValueError("subscribe_deferred needs MqttConnection(manual_ack=True)")
+        with self._lock:
+            self._deferred[topic] = handler
+        self.subscribe(topic, _noop, qos)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -169,16 +187,51 @@ class MqttConnection:
         handlers = self._routes.get(msg.topic)
         if handlers is None:
             with self._lock:
-                handlers = [h for t, (_, h) in self._subs.items()
+                handlers = [self._deferred.get(t) or h for t, (_, h) in self._subs.items()
                             if mqtt.topic_matches_sub(_strip_share(t), msg.topic)]
                 if len(self._routes) > 10_000:  # topics come from publishers: keep the cache bounded
                     self._routes.clear()
                 self._routes[msg.topic] = handlers
+        deferred = None
         for handler in handlers:
+            if handler in self._deferred.values():
+                deferred = handler
+                continue
             try:
                 handler(msg.topic, msg.payload)
             except Exception:  # noqa: BLE001 - one bad message must not stop the network thread
                 log.exception("MQTT handler failed for topic %s", msg.topic)
+        if not self._manual_ack:
+            return
+        ack = _Ack(client, msg.mid, msg.qos)
+        if deferred is None:
+            ack()
+            return
+        try:
+            deferred(msg.topic, msg.payload, ack)
+        except Exception:  # noqa: BLE001
+            log.exception("MQTT handler failed for topic %s", msg.topic)
+            ack()
+
+
+class _Ack:
+    """Acknowledge one message, once (QoS 0 needs none)."""
+
+    __slots__ = ("_client", "_mid", "_qos", "_done")
+
+    def __init__(self, client: mqtt.Client, mid: int, qos: int) -> None:
+        self._client, self._mid, self._qos, self._done = client, mid, qos, False
+
+    def __call__(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._qos:
+            self._client.ack(self._mid, self._qos)
+
+
+def _noop(topic: str, payload: bytes) -> None:
+    pass
 
 
 def _strip_share(topic: str) -> str:

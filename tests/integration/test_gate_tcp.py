@@ -103,11 +103,19 @@ class CommandTests(GateTcpCase):
         self.assertEqual(self.wait_health(True).kind, "gate")
 
     def test_commands_are_logged_with_lane_op_id_and_latency(self):
-        with self.assertLogs(CLIENT_LOG, logging.INFO) as logs:
+        # a first-time acknowledgement is a DEBUG line (every decision is in the store already); retried ones INFO
+        with self.assertLogs(CLIENT_LOG, logging.DEBUG) as logs:
             ack = self.gate.close("out-1")
-        line = next(r.getMessage() for r in logs.records if ack.request_id in r.getMessage())
+        record = next(r for r in logs.records if ack.request_id in r.getMessage())
+        self.assertEqual(record.levelno, logging.DEBUG)
         for part in ("close", "lane=out-1", f"id={ack.request_id}", " ms"):
-            self.assertIn(part, line)
+            self.assertIn(part, record.getMessage())
+        self.wait_health(True)
+        self.sim.drop_next(1)
+        with self.assertLogs(CLIENT_LOG, logging.INFO) as logs:
+            ack = self.gate.open("in-1", "visitor")
+        self.assertTrue(any(ack.request_id in r.getMessage() and "attempts 2" in r.getMessage()
+                            for r in logs.records if r.levelno == logging.INFO))
 
     def test_a_dropped_request_is_retried_with_the_same_id_and_executed_once(self):
         self.wait_health(True)  # connected

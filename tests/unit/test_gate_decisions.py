@@ -381,3 +381,41 @@ class SensorOccupancyTests(GateTestCase):
         self.parking.handle_read(read(IN, "京A22222"))
         occ = self.parking.occupancy()
         self.assertEqual((occ.occupied, occ.stays, occ.sensed, occ.full), (2, 2, 0, True))
+
+
+class BatchTests(GateTestCase):
+    def test_a_batch_is_decided_in_order_in_one_transaction(self):
+        self.owner()
+        commits = []
+        original = self.store.unit_of_work
+
+        def counting():
+            commits.append(1)
+            return original()
+
+        self.store.unit_of_work = counting
+        decisions = self.parking.handle_reads([read(IN, "京A12345"), read(OUT, "京A12345"), read(IN, "沪B88888"),
+                                               read(IN, "无牌", confidence=0.0)])
+        self.assertEqual(len(commits), 1)
+        self.assertEqual([d.reason for d in decisions], ["owner", "owner", "registration_required", "confirm"])
+        self.assertEqual([c.lane for c in self.gate.commands], [IN, OUT])
+        self.assertEqual(self.parking.occupancy().occupied, 0)
+        self.assertEqual(len(self.of(ev.ReadNeedsConfirmation)), 1)
+        self.assertEqual([e.reason for e in self.of(ev.DecisionRecorded)],
+                         ["owner", "owner", "registration_required", "confirm"])
+
+    def test_a_failing_batch_is_decided_read_by_read(self):
+        self.owner()
+        original = self.store.unit_of_work
+        calls = []
+
+        def failing_first():
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("database hiccup")
+            return original()
+
+        self.store.unit_of_work = failing_first
+        with self.assertLogs("smartpark.core.gate", "WARNING"):
+            decisions = self.parking.handle_reads([read(IN, "京A12345"), read(IN, "沪B88888")])
+        self.assertEqual([d.reason for d in decisions], ["owner", "registration_required"])

@@ -19,7 +19,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
@@ -174,21 +174,32 @@ class HikvisionRecognizer:
             return _reply(500, "internal error")
 
     # -- the one path every payload takes -----------------------------------------------------------------------
-    def receive(self, camera_id: str, content_type: str, body: bytes, *, source: str = "http") -> Outcome:
-        """Parse one payload from camera ``camera_id`` and deliver what it holds. Never raises."""
-        cam = self._cameras.get(camera_id)
-        if cam is None:
-            return Outcome(404, "unknown camera")
-        if self._sink is None:
-            return Outcome(503, "not started")
-        try:
-            events = parse_alert(content_type, body, tz=self.tz, max_bytes=self.config.max_body_bytes)
-        except MalformedEvent as e:
-            log.warning("camera %s: malformed event via %s (%d bytes): %s", camera_id, source, len(body), e.reason)
-            return Outcome(400, f"malformed event: {e.reason}")
-        return self._deliver(cam, events, source)
+    def receive(self, camera_id: str, content_type: str, body: bytes, *, source: str = "http",
+                ack: Callable[[], None] | None = None) -> Outcome:
+        """Parse one payload from camera ``camera_id`` and deliver what it holds. Never raises.
 
-    def _deliver(self, cam: _Camera, events: Iterable[HikEvent], source: str) -> Outcome:
+        With ``ack`` (the MQTT relay) and a sink that can take reads for later (``plate_read_deferred``), the
+        reads are handed over and ``ack()`` is called once every one of them has been decided; otherwise
+        ``ack()`` is called before returning."""
+        latch = _Latch(ack)
+        try:
+            cam = self._cameras.get(camera_id)
+            if cam is None:
+                return Outcome(404, "unknown camera")
+            if self._sink is None:
+                return Outcome(503, "not started")
+            try:
+                events = parse_alert(content_type, body, tz=self.tz, max_bytes=self.config.max_body_bytes)
+            except MalformedEvent as e:
+                log.warning("camera %s: malformed event via %s (%d bytes): %s", camera_id, source, len(body),
+                            e.reason)
+                return Outcome(400, f"malformed event: {e.reason}")
+            return self._deliver(cam, events, source, latch if ack is not None else None)
+        finally:
+            latch.release()
+
+    def _deliver(self, cam: _Camera, events: Iterable[HikEvent], source: str,
+                 latch: _Latch | None = None) -> Outcome:
         delivered = duplicates = 0
         with self._lane_locks[cam.cfg.lane]:
             sink = self._sink
@@ -213,7 +224,11 @@ class HikvisionRecognizer:
                 if picture:
                     read = attrs.evolve(read, picture=picture)
                 try:
-                    sink.plate_read(read)
+                    deferred = getattr(sink, "plate_read_deferred", None) if latch is not None else None
+                    if deferred is not None:
+                        deferred(read, latch.hold())
+                    else:
+                        sink.plate_read(read)
                 except Exception:  # noqa: BLE001 - the camera may resend; we did not take the read
                     log.exception("camera %s: the sink refused a read", cam.cfg.id)
                     return Outcome(500, "internal error", delivered, duplicates)
@@ -392,9 +407,10 @@ class HikvisionRecognizer:
                                   password=m.password.get_secret_value() if m.password else None)
         client_id = m.client_id or "smartpark-hik-" + hashlib.sha256(
             f"{socket.gethostname()}|{self.data_dir.resolve()}".encode()).hexdigest()[:12]
-        conn = MqttConnection(settings, client_id, on_status=self._mqtt_status, persistent=m.persistent)
+        conn = MqttConnection(settings, client_id, on_status=self._mqtt_status, persistent=m.persistent,
+                               manual_ack=True)
         for cam_id in self._cameras:
-            conn.subscribe(self.topic_for(cam_id), self._mqtt_handler(cam_id))
+            conn.subscribe_deferred(self.topic_for(cam_id), self._mqtt_handler(cam_id))
         self._mqtt = conn
         conn.start()
 
@@ -402,9 +418,10 @@ class HikvisionRecognizer:
         return self.config.mqtt.topic.replace("{camera}", camera_id)
 
     def _mqtt_handler(self, camera_id: str) -> Any:
-        def handle(topic: str, payload: bytes) -> None:
-            # the relay publishes the camera's raw body; MqttConnection gives no properties, so sniff the type
-            self.receive(camera_id, "", payload, source="mqtt")
+        def handle(topic: str, payload: bytes, ack: Callable[[], None]) -> None:
+            # the relay publishes the camera's raw body; MqttConnection gives no properties, so sniff the type;
+            # the message is acknowledged (PUBACK) only once its reads are decided: a crash loses none
+            self.receive(camera_id, "", payload, source="mqtt", ack=ack)
         return handle
 
     @staticmethod
@@ -557,3 +574,22 @@ def _host(client: str) -> str:
 
 def _reply(status: int, text: str) -> HttpReply:
     return HttpReply(status=status, body=text.encode("utf-8"))
+
+
+class _Latch:
+    """Calls ``ack`` once the payload's handling is over and every read handed over for later is decided."""
+
+    def __init__(self, ack: Callable[[], None] | None) -> None:
+        self._ack, self._count, self._lock = ack, 1, threading.Lock()
+
+    def hold(self) -> Callable[[], None]:
+        with self._lock:
+            self._count += 1
+        return self.release
+
+    def release(self) -> None:
+        with self._lock:
+            self._count -= 1
+            fire = self._count == 0
+        if fire and self._ack is not None:
+            self._ack()

@@ -312,7 +312,7 @@ class _Controller:
             log.debug("gate_tcp %s: state of unconfigured lane %s ignored", self.spec.id, event.lane)
             return
         st = event.state
-        log.info("gate_tcp %s: lane=%s arm %s%s%s", self.spec.id, event.lane, st.position,
+        log.debug("gate_tcp %s: lane=%s arm %s%s%s", self.spec.id, event.lane, st.position,
                  f" -> {st.target}" if st.target else "", " (keep open)" if st.keep_open else "")
         callback = self.gate.on_state
         if callback is not None:
@@ -548,8 +548,11 @@ class TcpGate:
             raise GateTimeout(lane, f"{op}: {e.detail}") from None
         latency_ms = (time.monotonic() - started) * 1000
         if reply.ok:
-            log.info("gate_tcp %s lane=%s id=%s: acknowledged in %.1f ms (attempts %d)%s", op, lane, rid, latency_ms,
-                     attempts, f" reason={reason!r}" if reason else "")
+            # every decision is recorded in the store; the per-command line is for debugging (DEBUG), while
+            # retries, refusals and time-outs are logged at INFO and above
+            log.log(logging.INFO if attempts > 1 else logging.DEBUG,
+                    "gate_tcp %s lane=%s id=%s: acknowledged in %.1f ms (attempts %d)%s", op, lane, rid, latency_ms,
+                    attempts, f" reason={reason!r}" if reason else "")
             return GateAck(lane=lane, command=op, request_id=rid, latency_ms=latency_ms)
         log.warning("gate_tcp %s lane=%s id=%s: refused in %.1f ms: %s %s", op, lane, rid, latency_ms, reply.code,
                     reply.message)

@@ -70,6 +70,7 @@ class LaneDispatcher:
         self._guard = threading.Lock()
         self.spaces: dict[str, bool] = {}
         self.errors = 0
+        self._batcher: _Batcher | None = None
 
     def lane_lock(self, lane: str) -> threading.Lock:
         """The lock that keeps one lane's work in order: plate reads here, and the HTTP API's actions at a lane
@@ -89,6 +90,19 @@ class LaneDispatcher:
                 log.exception("decision failed for a read on lane %s", read.lane)
                 raise
 
+    # Reads whose acknowledgement can wait (the MQTT relay): decided in batches, one transaction per batch
+    def plate_read_deferred(self, read: Any, done: Callable[[], None]) -> None:
+        """Queue a read; ``done()`` is called once it has been decided (then the device's message is acked)."""
+        if self._batcher is None:
+            with self._guard:
+                if self._batcher is None:
+                    self._batcher = _Batcher(self._app)
+        self._batcher.put(read, done)
+
+    def stop(self) -> None:
+        if self._batcher is not None:
+            self._batcher.stop()
+
     def device_health(self, health: Any) -> None:
         try:
             self._app.parking.device_health(health)
@@ -102,6 +116,50 @@ class LaneDispatcher:
             self._app.parking.space_reading(reading)
         except Exception:  # noqa: BLE001 - never kill a sensor's thread
             log.exception("space reading for %s failed", getattr(reading, "space", "?"))
+
+
+class _Batcher:
+    """One thread that decides queued reads in batches (group commit): while one batch is being decided, the
+    next one gathers, so under load many reads share one commit; at low rates a batch is a single read. Reads
+    are decided in the order they arrived, so a lane's reads stay in order."""
+
+    MAX = 256
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="decide-reads", daemon=True)
+        self._thread.start()
+
+    def put(self, read: Any, done: Callable[[], None]) -> None:
+        self._q.put((read, done))
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            batch = [item]
+            while len(batch) < self.MAX:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._q.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                self._app.parking.handle_reads([r for r, _ in batch], background_gate=True)
+            except Exception:  # noqa: BLE001 - logged; the reads are acknowledged all the same (like a 500)
+                log.exception("deciding a batch of %d reads failed", len(batch))
+            for _, done in batch:
+                try:
+                    done()
+                except Exception:  # noqa: BLE001
+                    log.exception("acknowledging a read failed")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Decide what is queued, then stop."""
+        self._q.put(None)
+        self._thread.join(timeout)
 
 
 class Jobs:
@@ -189,7 +247,8 @@ class Runtime:
                 adapter.stop()
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 log.exception("stopping %r failed", adapter)
-        self.lane_workers.stop()  # after the devices: the last reads' gate commands still go out
+        self.dispatcher.stop()  # after the devices: decide what they queued
+        self.lane_workers.stop()  # then the last reads' gate commands still go out
         self.app.parking.run_gate_commands_with(None)
 
     def http_routes(self) -> list[Any]:

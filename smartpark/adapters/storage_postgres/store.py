@@ -503,6 +503,10 @@ class _Owners:
                             "  WHERE p.plate_bidx = %(key)s AND p.owner_id = o.id)",
                             (self._plates.index(plate),))
 
+    def id_by_plate(self, plate: Plate) -> str | None:
+        row = self._s.one("SELECT owner_id FROM plates WHERE plate_bidx = %s", (self._plates.index(plate),))
+        return row["owner_id"] if row is not None else None
+
     def by_phone(self, phone: Phone) -> list[Owner]:
         return self._many(" WHERE o.phone_bidx = %s ORDER BY o.seq", (self._s.blind_index("phone", phone),))
 

@@ -425,6 +425,10 @@ class _Owners:
         return self._first(" WHERE o.id = (SELECT owner_id FROM plates WHERE plate_bidx = ?)",
                            (self._plates.index(plate),))
 
+    def id_by_plate(self, plate: Plate) -> str | None:
+        row = self._s.one("SELECT owner_id FROM plates WHERE plate_bidx = ?", (self._plates.index(plate),))
+        return row["owner_id"] if row is not None else None
+
     def by_phone(self, phone: Phone) -> list[Owner]:
         return self._many(" WHERE o.phone_bidx = ? ORDER BY o.seq", (self._s.blind_index("phone", phone),))
 

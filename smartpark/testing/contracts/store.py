@@ -182,6 +182,17 @@ class StoreContract(_TestCase):
             for plate in owner.plates:
                 self.assert_person_fields(uow.owners.by_plate(plate), owner)
 
+    def test_owner_id_by_plate_answers_for_owners_only(self) -> None:
+        owner = sample_owner(1, plates=(sample_plate(1), sample_plate(2)))
+        visitor = sample_visitor(4)
+        self.add(owner, sample_owner(3))
+        with self.store.unit_of_work() as uow:
+            uow.visitors.add(visitor)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual([uow.owners.id_by_plate(p) for p in owner.plates], [owner.id, owner.id])
+            self.assertIsNone(uow.owners.id_by_plate(visitor.plate))
+            self.assertIsNone(uow.owners.id_by_plate(sample_plate(99)))
+
     def test_owner_by_phone_returns_every_owner_with_that_phone(self) -> None:
         shared = sample_phone(7)
         a, b, c = sample_owner(1, phone=shared), sample_owner(2), sample_owner(3, phone=shared)

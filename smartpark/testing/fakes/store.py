@@ -138,6 +138,11 @@ class _Owners:
         state = self._work.state
         return _copy_or_none(state.owners.get(state.plate_holders.get(plate, "")))
 
+    def id_by_plate(self, plate: Plate) -> str | None:
+        state = self._work.state
+        holder = state.plate_holders.get(plate)
+        return holder if holder in state.owners else None
+
     def by_phone(self, phone: Phone) -> list[Owner]:
         return _select(self._work.state.owners.values(), lambda o: o.phone == phone)
 
