@@ -819,6 +819,31 @@ def purge_cmd(ctx: typer.Context) -> None:
         _ok(f"没有需要清理的访客记录（保留期 {days} 天），共清理 0 条")
 
 
+@app.command("migrate")
+def migrate_cmd(
+    ctx: typer.Context,
+    to: str = typer.Option(..., "--to", help="目标 PostgreSQL 连接串（不含密码，密码用 PGPASSWORD）/ target PostgreSQL "
+                                               "DSN or URI, without the password (use PGPASSWORD)"),
+    schema: str = typer.Option("smartpark", "--schema", help="目标 schema / target schema"),
+) -> None:
+    """把当前存储全部复制到一个新的空 PostgreSQL 库并校验 / copy everything into a new, empty PostgreSQL store."""
+    from .migrate import migrate_store
+
+    st = _state(ctx)
+    app = st.app
+    cfg = app.plugins.validate_settings("storage_postgres", {"dsn": to, "schema": schema})
+    target = app.plugins.build("storage_postgres", cfg, app.container.context())
+    try:
+        target.migrate()
+        report = migrate_store(app.store, target,
+                               progress=lambda kind, n: _note(f"已复制 {kind}：{n} 条 / copied {kind}: {n}"))
+    finally:
+        target.close()
+    total = sum(report.counts.values())
+    _ok(f"迁移完成：共 {total} 条记录，各类数量一致，审计日志哈希链与源一致（{(report.audit_head or '-')[:12]}…）")
+    _note("请在 plugins.toml 中启用 storage_postgres 并停用 storage_sqlite，然后重启服务")
+
+
 # -- audit -----------------------------------------------------------------------------------------
 @audit_app.command("verify")
 def audit_verify(ctx: typer.Context) -> None:
