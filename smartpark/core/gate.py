@@ -29,7 +29,7 @@ import attrs
 from . import events as ev
 from .bus import MessageBus
 from .entities import new_id
-from .errors import NotFound, ValidationError
+from .errors import Conflict, NotFound, ValidationError
 from .parking import (
     BlockedPlate,
     Decision,
@@ -237,8 +237,18 @@ class ParkingService:
             self._local.background = False
 
     def _handle_read(self, read: Any, *, actor: str) -> Decision:
-        with self._store.unit_of_work() as uow:
-            step = self._read_in(uow, read, self._clock.now(), [], actor=actor)
+        for attempt in range(3):
+            try:
+                with self._store.unit_of_work() as uow:
+                    step = self._read_in(uow, read, self._clock.now(), [], actor=actor)
+                break
+            except Conflict:
+                # Another instance (or booth) changed the same car at the same moment — e.g. both saw the same
+                # read and both opened a stay; the store let one through. Decide again on what is now stored
+                # (a repeat read, usually); the database, not luck, settles it.
+                if attempt == 2:
+                    raise
+                log.info("read on lane %s conflicted with a concurrent change; deciding it again", read.lane)
         return self._complete(step)
 
     def _read_in(self, uow: Any, read: Any, now: datetime, events: list[ev.Event], *, actor: str) -> _Step:

@@ -1,6 +1,7 @@
 """Entry and exit decisions on fakes: owners, visitors, fees, payments, full lot, anomalies, gate failures."""
 
 import base64
+import contextlib
 import unittest
 from datetime import timedelta
 
@@ -419,3 +420,28 @@ class BatchTests(GateTestCase):
         with self.assertLogs("smartpark.core.gate", "WARNING"):
             decisions = self.parking.handle_reads([read(IN, "京A12345"), read(IN, "沪B88888")])
         self.assertEqual([d.reason for d in decisions], ["owner", "registration_required"])
+
+
+class ConcurrentInstanceTests(GateTestCase):
+    def test_a_stay_opened_meanwhile_elsewhere_turns_the_read_into_a_repeat(self):
+        """Two instances decide the same read at once. Here the other one has just committed its stay, but this
+        one looked before that commit (its lookup saw no stay); the store's one-open-stay-per-plate rule refuses
+        the second stay, and the read is decided again on what is stored: a repeat, not a second stay."""
+        self.owner()
+        self.parking.handle_read(read(IN, "京A12345"))  # the other instance's decision, committed
+        real_uow, looked = self.store.unit_of_work, []
+
+        @contextlib.contextmanager
+        def stale_first_lookup():
+            with real_uow() as uow:
+                if not looked:
+                    looked.append(1)
+                    uow.sessions.open_by_plate = lambda plate: None  # as seen just before the other commit
+                yield uow
+
+        self.store.unit_of_work = stale_first_lookup
+        with self.assertLogs("smartpark.core.gate", "INFO"):
+            d = self.parking.handle_read(read(IN, "京A12345"))
+        self.store.unit_of_work = real_uow
+        self.assertEqual((d.outcome, d.reason), (Outcome.OPEN, "repeat_read"))
+        self.assertEqual(self.parking.occupancy().occupied, 1)
