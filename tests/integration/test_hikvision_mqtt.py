@@ -321,3 +321,49 @@ class HikvisionAlertStreamTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SharedSubscriptionTest(unittest.TestCase):
+    """Two service instances in one shared group split the relayed events between them: each event once."""
+
+    def test_each_event_reaches_one_instance_of_the_group(self):
+        import re
+        import uuid as _uuid
+        from pathlib import Path
+        from zoneinfo import ZoneInfo
+
+        from smartpark.adapters.camera_hikvision import Config
+        from smartpark.adapters.camera_hikvision.recognizer import HikvisionRecognizer
+        from smartpark.infra.mqtt import BrokerSettings, MqttConnection
+        from smartpark.testing.fakes import FakeClock, RecordingSink
+
+        prefix = f"t-share-{_uuid.uuid4().hex[:6]}"
+        topic = prefix + "/cameras/{camera}/events"
+        sinks, recognizers = [], []
+        for n in range(2):
+            cfg = Config(cameras=[{"id": "cam-in", "lane": "in-1"}], save_pictures=False, dedupe_seconds=0,
+                         mqtt={"enabled": True, "topic": topic, "client_id": f"{prefix}-{n}", "shared_group": "lot1",
+                               "persistent": False})
+            rec = HikvisionRecognizer(cfg, clock=FakeClock(), data_dir=Path("."), lanes={"in-1": "in"},
+                                      tz=ZoneInfo("Asia/Shanghai"))
+            sink = RecordingSink()
+            rec.start(sink)
+            self.addCleanup(rec.stop)
+            self.assertTrue(rec.wait_ready(5))
+            sinks.append(sink)
+            recognizers.append(rec)
+        pub = MqttConnection(BrokerSettings(), f"{prefix}-pub", persistent=False)
+        pub.start(wait=5)
+        self.addCleanup(pub.stop)
+        xml = (Path(__file__).resolve().parents[1] / "fixtures" / "hikvision" / "anpr_1.xml").read_text("utf-8")
+        time.sleep(0.3)  # the shared subscriptions are made right after CONNACK
+        for i in range(40):
+            body = re.sub(r"<UUID>[^<]*</UUID>", f"<UUID>{prefix}-{i}</UUID>",
+                          xml.replace("KH35192", f"京A{i:05d}"))
+            pub.publish(topic.replace("{camera}", "cam-in"), body.encode(), qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 10
+        while sum(len(s.reads) for s in sinks) < 40 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        counts = [len(s.reads) for s in sinks]
+        self.assertEqual(sum(counts), 40, counts)  # every event once, none twice
+        self.assertTrue(all(c > 0 for c in counts), counts)  # and both instances took a share

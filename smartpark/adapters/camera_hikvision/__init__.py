@@ -57,6 +57,10 @@ class MqttRelayConfig(_Strict):
     client_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
                                   description="stable id for the persistent session; default derived from data_dir")
     persistent: bool = Field(default=True, description="keep a session so QoS 1 events wait for us while we are away")
+    shared_group: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="MQTT v5 shared subscription group: several service instances with the same group share the "
+                    "camera topics, each event going to one of them ($share/<group>/<topic>)")
 
     @field_validator("topic")
     @classmethod

@@ -409,8 +409,9 @@ class HikvisionRecognizer:
             f"{socket.gethostname()}|{self.data_dir.resolve()}".encode()).hexdigest()[:12]
         conn = MqttConnection(settings, client_id, on_status=self._mqtt_status, persistent=m.persistent,
                                manual_ack=True)
+        share = f"$share/{m.shared_group}/" if m.shared_group else ""
         for cam_id in self._cameras:
-            conn.subscribe_deferred(self.topic_for(cam_id), self._mqtt_handler(cam_id))
+            conn.subscribe_deferred(share + self.topic_for(cam_id), self._mqtt_handler(cam_id))
         self._mqtt = conn
         conn.start()
 
