@@ -53,6 +53,7 @@ from smartpark.adapters.gate_tcp.simulator import GateSimulator  # noqa: E402
 from smartpark.infra.broker import ensure_broker, parse_address  # noqa: E402
 from smartpark.infra.mqtt import BrokerSettings, MqttConnection  # noqa: E402
 from smartpark.testing.samples import sample_id_number, sample_phone  # noqa: E402
+from smartpark.testing.toml_writer import to_toml  # noqa: E402
 
 TOPIC = "smartpark/cameras/{camera}/events"
 TARGET_P50_MS, TARGET_P99_MS, TARGET_RATE = 2.0, 5.0, 1000.0
@@ -302,37 +303,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def to_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """Just enough TOML for the bench's config (tables, arrays of inline tables, scalars)."""
-    lines, tables = [], []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    out = "\n".join(lines)
-    for key, value in tables:
-        name = f"{prefix}.{key}" if prefix else key
-        out += f"\n\n[{name}]\n" + to_toml(value, name)
-    return out.strip() + "\n"
-
-
-def _toml_value(v: Any) -> str:
-    import json
-
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(v)
 
 
 class ServiceFailed(SystemExit):

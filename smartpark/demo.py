@@ -334,26 +334,15 @@ class _Demo:
     def write_config(self) -> Path:
         """For ``--keep``: a plugins.toml beside the data, so ``smartpark -c DIR audit verify`` (or ``owner list``)
         opens what the demo left (the store only: the devices are gone)."""
-        lanes = "".join(f'\n[[lot.lanes]]\nid = "{lane["id"]}"\nname = "{lane["name"]}"\ndirection = "{lane["direction"]}"\n'
-                        for lane in LANES)
-        tariff = "".join(f"{k} = {v}\n" for k, v in TARIFF.items())
+        from .testing.toml_writer import to_toml
+
+        config = {"data_dir": "data",
+                  "lot": {"name": LOT_NAME, "capacity": CAPACITY, "timezone": "Asia/Shanghai", "lanes": list(LANES)},
+                  "tariff": dict(TARIFF),
+                  "plugins": {"enabled": ["storage_sqlite"], "storage_sqlite": {"path": "smartpark.db"}}}
         path = self.folder / "plugins.toml"
-        path.write_text(f"""# Written by `smartpark demo --keep`: the demo's lot, with the store only.
-data_dir = "data"
-
-[lot]
-name = "{LOT_NAME}"
-capacity = {CAPACITY}
-timezone = "Asia/Shanghai"
-{lanes}
-[tariff]
-{tariff}
-[plugins]
-enabled = ["storage_sqlite"]
-
-[plugins.storage_sqlite]
-path = "smartpark.db"
-""", encoding="utf-8")
+        path.write_text("# Written by `smartpark demo --keep`: the demo's lot, with the store only.\n" + to_toml(config),
+                        encoding="utf-8")
         return path
 
     def close(self) -> None:

@@ -60,7 +60,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .loopback import LoopbackHTTPServer
+from .loopback import LoopbackHTTPServer, serve, shut
 
 __all__ = ["AlipaySandbox", "Delivery", "GatewayCall", "KeyPair", "SandboxOrder", "main"]
 
@@ -228,21 +228,12 @@ class AlipaySandbox:
         class Handler(_Handler):
             owner = sandbox
 
-        self._server = LoopbackHTTPServer((self.host, self._port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="alipay-sandbox", daemon=True)
-        self._thread.start()
+        self._server, self._thread = serve(LoopbackHTTPServer, (self.host, self._port), Handler, "alipay-sandbox")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut(self._server, self._thread)
+        self._server = self._thread = None
         if self._own_dir:
             shutil.rmtree(self.key_dir, ignore_errors=True)
 

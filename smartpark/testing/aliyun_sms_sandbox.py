@@ -53,7 +53,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
 
-from .loopback import LoopbackHTTPServer
+from .loopback import LoopbackHTTPServer, serve, shut
 
 __all__ = ["AliyunSmsSandbox", "SandboxSms", "main", "mask_phone"]
 
@@ -203,24 +203,15 @@ class AliyunSmsSandbox:
         class Handler(_Handler):
             owner = sandbox
 
-        server = _Server((self._host, self._port), Handler)
-        self._server = server
         self._stopping.clear()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="aliyun-sms-sandbox", daemon=True)
-        self._thread.start()
+        self._server, self._thread = serve(_Server, (self._host, self._port), Handler, "aliyun-sms-sandbox")
         return self
 
     def stop(self) -> None:
         """Stop serving, release hung requests and close kept-alive connections."""
         self._stopping.set()  # releases hung requests
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut(self._server, self._thread)
+        self._server = self._thread = None
         with self._lock:
             connections, self._connections = list(self._connections), set()
         for conn in connections:

@@ -64,7 +64,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .loopback import LoopbackHTTPServer
+from .loopback import LoopbackHTTPServer, serve, shut
 
 __all__ = ["Delivery", "SIGNATURE_TYPE", "WeChatPaySandbox", "main"]
 
@@ -241,21 +241,12 @@ class WeChatPaySandbox:
         class Handler(_Handler):
             owner = sandbox
 
-        self._server = LoopbackHTTPServer((self._host, self._port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="wechatpay-sandbox", daemon=True)
-        self._thread.start()
+        self._server, self._thread = serve(LoopbackHTTPServer, (self._host, self._port), Handler, "wechatpay-sandbox")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut(self._server, self._thread)
+        self._server = self._thread = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -18,7 +18,6 @@ check that every read was decided exactly once and that stays are consistent:
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import shutil
@@ -36,6 +35,7 @@ from smartpark.adapters.gate_tcp.simulator import GateSimulator
 from smartpark.bootstrap import bootstrap
 from smartpark.infra.mqtt import BrokerSettings, MqttConnection
 from smartpark.testing.samples import sample_id_number, sample_phone
+from smartpark.testing.toml_writer import to_toml
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hikvision"
 PLATES = [f"京A{n:05d}" for n in range(1, 13)]
@@ -141,7 +141,7 @@ class Lot:
                 },
             },
         }
-        (self.root / "plugins.toml").write_text(_toml(self.config), encoding="utf-8")
+        (self.root / "plugins.toml").write_text(to_toml(self.config), encoding="utf-8")
         self.proc: subprocess.Popen | None = None
         self.log = self.root / "service.log"
         self._register_owners()
@@ -223,35 +223,6 @@ class Lot:
 
     def decided_ids(self) -> set[str]:
         return {d.read_event_id for d in self.records()[0] if d.read_event_id}
-
-
-def _toml(data: dict, prefix: str = "") -> str:
-    """Just enough TOML for the config above (tables, arrays of inline tables, scalars)."""
-    lines, tables = [], []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {_value(value)}")
-    out = "\n".join(lines)
-    for key, value in tables:
-        name = f"{prefix}.{key}" if prefix else key
-        out += f"\n\n[{name}]\n" + _toml(value, name)
-    return out.strip() + "\n"
-
-
-def _value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(v)
 
 
 def traffic(rounds: int) -> list[tuple[str, str, str]]:
