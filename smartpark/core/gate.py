@@ -228,6 +228,8 @@ class ParkingService:
             try:
                 with self._store.unit_of_work() as uow:
                     steps = [self._read_in(uow, read, self._clock.now(), [], actor=actor) for read in reads]
+                    for step in steps:
+                        self._bus.stage(uow, step.events)
             except Exception:  # noqa: BLE001 - fall back to one transaction per read
                 log.warning("a batch of %d reads failed as a whole; deciding them one by one", len(reads),
                             exc_info=True)
@@ -241,6 +243,7 @@ class ParkingService:
             try:
                 with self._store.unit_of_work() as uow:
                     step = self._read_in(uow, read, self._clock.now(), [], actor=actor)
+                    self._bus.stage(uow, step.events)
                 break
             except Conflict:
                 # Another instance (or booth) changed the same car at the same moment — e.g. both saw the same
@@ -296,6 +299,7 @@ class ParkingService:
         with self._store.unit_of_work() as uow:
             step = self._entry_in(uow, lane, plate, raw, now, events, actor=actor, event_id=event_id,
                                   just_registered=just_registered)
+            self._bus.stage(uow, step.events)
         return self._complete(step)
 
     def _entry_in(self, uow: Any, lane: Lane, plate: Plate, raw: str, now: datetime, events: list[ev.Event], *,
@@ -398,6 +402,7 @@ class ParkingService:
             # Keep no personal data for a car that cannot come in anyway (PIPL: minimum necessary).
             if self._occupancy(uow).full:
                 step = self._refuse_full(uow, now, lane, plate_value, str(plate_value), actor, None, [])
+                self._bus.stage(uow, step.events)
             else:
                 step = None
         if step is not None:
@@ -416,6 +421,7 @@ class ParkingService:
         events: list[ev.Event] = []
         with self._store.unit_of_work() as uow:
             step = self._exit_in(uow, lane, plate, raw, now, events, actor=actor, event_id=event_id)
+            self._bus.stage(uow, step.events)
         return self._complete(step)
 
     def _exit_in(self, uow: Any, lane: Lane, plate: Plate, raw: str, now: datetime, events: list[ev.Event], *,
@@ -549,6 +555,8 @@ class ParkingService:
         with self._store.unit_of_work() as uow:
             step = self._order_paid_in(uow, order_id, now, channel=channel, actor=actor,
                                        transaction_id=transaction_id, amount_fen=amount_fen)
+            if step is not None:
+                self._bus.stage(uow, step.events)
         return self._complete(step) if step else None
 
     def _order_paid_in(self, uow: Any, order_id: str, now: datetime, *, channel: str, actor: str,
@@ -591,7 +599,9 @@ class ParkingService:
                              details={"reason": reason})
             d = self._decide(uow, now, lane, None, "", Outcome.OPEN, "manual", f"值班员手动抬杆：{reason}",
                              actor=actor, event_id=None)
-        return self._complete(_Step(d, [ev.ManualOpen(at=now, lane=lane.id, actor=actor, reason=reason)], True))
+            step = _Step(d, [ev.ManualOpen(at=now, lane=lane.id, actor=actor, reason=reason)], True)
+            self._bus.stage(uow, step.events)
+        return self._complete(step)
 
     def block_plate(self, plate: str, *, reason: str, actor: str) -> None:
         p, now = Plate.parse(plate), self._clock.now()
@@ -620,13 +630,14 @@ class ParkingService:
             since = health.at if changed else before.since
             uow.devices.upsert(DeviceState(device=health.device, kind=health.kind, online=health.online, since=since,
                                            last_seen=health.at, detail=health.detail))
-        if not changed or (before is None and health.online):
-            return
-        if health.online:
-            self._bus.publish([ev.DeviceOnline(at=health.at, device=health.device, kind=health.kind)])
-        else:
-            self._bus.publish([ev.DeviceOffline(at=health.at, device=health.device, kind=health.kind,
-                                                detail=health.detail)])
+            if not changed or (before is None and health.online):
+                return
+            if health.online:
+                events: list[ev.Event] = [ev.DeviceOnline(at=health.at, device=health.device, kind=health.kind)]
+            else:
+                events = [ev.DeviceOffline(at=health.at, device=health.device, kind=health.kind, detail=health.detail)]
+            self._bus.stage(uow, events)
+        self._bus.publish(events)
 
     def devices(self) -> list[DeviceState]:
         with self._store.unit_of_work() as uow:
@@ -646,6 +657,7 @@ class ParkingService:
         now = self._clock.now()
         with self._store.unit_of_work() as uow:
             events = self._occupancy_transition(uow, now)
+            self._bus.stage(uow, events)
         self._bus.publish(events)
 
     def _occupancy(self, uow: Any) -> Occupancy:
@@ -728,9 +740,11 @@ class ParkingService:
             now = self._clock.now()
             failed = attrs.evolve(decision, id=new_id(), at=now, outcome=Outcome.HOLD, reason="gate_failed",
                                   message=f"道闸 {decision.lane} 无响应，请手动抬杆", gate_ok=False, actor=SYSTEM)
+            gate_failed = ev.GateFailed(at=now, lane=decision.lane, detail=detail)
             with self._store.unit_of_work() as uow:
                 uow.decisions.append(failed)
-            events.append(ev.GateFailed(at=now, lane=decision.lane, detail=detail))
+                self._bus.stage(uow, [gate_failed])
+            events.append(gate_failed)
             events.append(_recorded(failed))
             return attrs.evolve(decision, gate_ok=False)
         return attrs.evolve(decision, gate_ok=True)

@@ -22,7 +22,9 @@ from typing import Protocol, runtime_checkable
 
 from ..core.audit import VerifyResult
 from ..core.entities import Announcement, AuditEntry, LedgerEntry, Owner, Visitor
+from ..core.outbox import MessageState, OutboxMessage
 from ..core.parking import BlockedPlate, Decision, DeviceState, Order, OrderState, ParkingSession
+from ..core.payments import AttemptState, PaymentAttempt, Refund
 from ..core.values import IdNumber, Phone, Plate
 
 
@@ -180,6 +182,90 @@ class OrderRepository(Protocol):
         ...
 
 
+class PaymentRepository(Protocol):
+    """Payment attempts (one per ``out_trade_no``), refunds, and the callbacks already applied."""
+
+    def add(self, attempt: PaymentAttempt) -> None:
+        """Insert; raises ``Conflict`` if the ``out_trade_no`` exists."""
+        ...
+
+    def save(self, attempt: PaymentAttempt) -> None:
+        """Update state, code_url, transaction id, paid time, closed reason, refunded amount; version-checked
+        (``Conflict`` if the row changed since it was read); bumps ``attempt.version``."""
+        ...
+
+    def get(self, attempt_id: str) -> PaymentAttempt | None: ...
+
+    def by_out_trade_no(self, out_trade_no: str) -> PaymentAttempt | None: ...
+
+    def for_subject(self, subject_id: str) -> list[PaymentAttempt]:
+        """Attempts for an order (or an owner's top-ups), oldest first."""
+        ...
+
+    def find(self, *, state: AttemptState | None = None, channel: str | None = None, purpose: str | None = None,
+             since: datetime | None = None, until: datetime | None = None, limit: int = 100) -> list[PaymentAttempt]:
+        """Attempts by creation time (``since <= created_at < until``), oldest first, filtered by any argument."""
+        ...
+
+    def record_notification(self, channel: str, notify_id: str, out_trade_no: str, at: datetime) -> bool:
+        """Remember a provider callback; ``False`` (nothing written) if ``(channel, notify_id)`` was seen."""
+        ...
+
+    def add_refund(self, refund: Refund) -> None:
+        """Insert; raises ``Conflict`` if the ``out_refund_no`` exists."""
+        ...
+
+    def save_refund(self, refund: Refund) -> None:
+        """Update state, finish time and detail; version-checked."""
+        ...
+
+    def refund_by_no(self, out_refund_no: str) -> Refund | None: ...
+
+    def refunds_for(self, out_trade_no: str) -> list[Refund]:
+        """Oldest first."""
+        ...
+
+    def refunds_between(self, since: datetime, until: datetime, limit: int = 1000) -> list[Refund]:
+        """Refunds created in ``[since, until)``, oldest first."""
+        ...
+
+
+class OutboxRepository(Protocol):
+    """Notification messages waiting to be sent, and their delivery record. The address is encrypted at rest."""
+
+    def add(self, message: OutboxMessage) -> bool:
+        """Insert; ``False`` (nothing written) if a message with the same ``dedupe_key`` exists."""
+        ...
+
+    def save(self, message: OutboxMessage) -> None:
+        """Update state, attempts, times, vendor code/id, detail; version-checked (``Conflict`` if another
+        worker changed it since it was read: that is how two instances never claim one message)."""
+        ...
+
+    def get(self, message_id: str) -> OutboxMessage | None: ...
+
+    def by_dedupe_key(self, dedupe_key: str) -> OutboxMessage | None: ...
+
+    def due(self, now: datetime, limit: int = 50) -> list[OutboxMessage]:
+        """Open (pending/retrying) messages whose ``next_attempt_at`` is unset or ``<= now``, oldest first."""
+        ...
+
+    def in_doubt(self, now: datetime, limit: int = 50) -> list[OutboxMessage]:
+        """``sending`` messages whose lease ended before ``now`` (a worker died mid-send), oldest first."""
+        ...
+
+    def list(self, *, state: MessageState | None = None, kind: str | None = None, recipient_id: str | None = None,
+             limit: int = 100) -> list[OutboxMessage]:
+        """Newest first, filtered by any argument."""
+        ...
+
+    def count_by_state(self) -> dict[str, int]: ...
+
+    def count_sent_since(self, recipient_id: str, since: datetime) -> int:
+        """Messages to ``recipient_id`` sent (or being sent) since ``since``: the rate limit's measure."""
+        ...
+
+
 class DecisionLog(Protocol):
     def append(self, decision: Decision) -> None: ...
 
@@ -232,6 +318,8 @@ class UnitOfWork(Protocol):
     blocklist: Blocklist
     devices: DeviceRegistry
     lot: LotState
+    payments: PaymentRepository
+    outbox: OutboxRepository
 
 
 @runtime_checkable

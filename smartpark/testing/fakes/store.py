@@ -29,7 +29,9 @@ import attrs
 from ...core.audit import VerifyResult, next_entry, verify_chain
 from ...core.entities import Announcement, AuditEntry, LedgerEntry, Owner, Person, Visitor
 from ...core.errors import Conflict
+from ...core.outbox import MessageState, OutboxMessage
 from ...core.parking import BlockedPlate, Decision, DeviceState, Order, OrderState, ParkingSession
+from ...core.payments import AttemptState, PaymentAttempt, Refund
 from ...core.values import IdNumber, Phone, Plate
 
 __all__ = ["InMemoryStore"]
@@ -58,6 +60,11 @@ class _State:
     blocklist: dict[Plate, BlockedPlate] = attrs.Factory(dict)  # replacing keeps the first position
     devices: dict[str, DeviceState] = attrs.Factory(dict)
     lot: dict[str, str] = attrs.Factory(dict)
+    attempts: dict[str, PaymentAttempt] = attrs.Factory(dict)  # by out_trade_no, insertion order
+    notifications: set[tuple[str, str]] = attrs.Factory(set)  # (channel, notify_id)
+    refunds: dict[str, Refund] = attrs.Factory(dict)  # by out_refund_no, insertion order
+    outbox: dict[str, OutboxMessage] = attrs.Factory(dict)  # by id, insertion order
+    dedupe_keys: dict[str, str] = attrs.Factory(dict)  # dedupe_key -> message id
 
     def copy(self) -> _State:
         return _State(*(copy.copy(getattr(self, f.name)) for f in attrs.fields(_State)))
@@ -530,6 +537,155 @@ class _UnitOfWork:
         self.blocklist = _Blocklist(work)
         self.devices = _Devices(work)
         self.lot = _Lot(work)
+        self.payments = _Payments(work)
+        self.outbox = _Outbox(work)
+
+
+class _Payments:
+    """Payment attempts (by ``out_trade_no``), refunds (by ``out_refund_no``) and seen callbacks."""
+
+    def __init__(self, work: _Work) -> None:
+        self._work = work
+
+    def add(self, attempt: PaymentAttempt) -> None:
+        state = self._work.state
+        if attempt.out_trade_no in state.attempts or any(a.id == attempt.id for a in state.attempts.values()):
+            raise Conflict(f"商户订单号 {attempt.out_trade_no} 已存在",
+                           f"out_trade_no {attempt.out_trade_no} already exists", field="out_trade_no")
+        state.attempts = {**state.attempts, attempt.out_trade_no: copy.copy(attempt)}
+
+    def save(self, attempt: PaymentAttempt) -> None:
+        state = self._work.state
+        stored = state.attempts.get(attempt.out_trade_no)
+        if stored is None or stored.id != attempt.id or stored.version != attempt.version:
+            raise _stale("支付", "payment attempt")
+        updated = attrs.evolve(attempt, version=stored.version + 1)
+        state.attempts = {**state.attempts, attempt.out_trade_no: updated}
+        attempt._bump_version()
+
+    def get(self, attempt_id: str) -> PaymentAttempt | None:
+        return _copy_or_none(next((a for a in self._work.state.attempts.values() if a.id == attempt_id), None))
+
+    def by_out_trade_no(self, out_trade_no: str) -> PaymentAttempt | None:
+        return _copy_or_none(self._work.state.attempts.get(out_trade_no))
+
+    def for_subject(self, subject_id: str) -> list[PaymentAttempt]:
+        mine = [a for a in self._work.state.attempts.values() if a.subject_id == subject_id]
+        return [copy.copy(a) for a in sorted(mine, key=lambda a: a.created_at)]
+
+    def find(self, *, state: AttemptState | None = None, channel: str | None = None, purpose: str | None = None,
+             since: datetime | None = None, until: datetime | None = None, limit: int = 100) -> list[PaymentAttempt]:
+        _require_aware(*(at for at in (since, until) if at is not None))
+        wanted, kind = _value(state), _value(purpose)
+
+        def keep(a: PaymentAttempt) -> bool:
+            return ((state is None or a.state.value == wanted) and (channel is None or a.channel == channel)
+                    and (purpose is None or a.purpose.value == kind)
+                    and (since is None or since <= a.created_at) and (until is None or a.created_at < until))
+
+        found = sorted((a for a in self._work.state.attempts.values() if keep(a)), key=lambda a: a.created_at)
+        return [copy.copy(a) for a in found[:limit]]
+
+    def record_notification(self, channel: str, notify_id: str, out_trade_no: str, at: datetime) -> bool:
+        state = self._work.state
+        if (channel, notify_id) in state.notifications:
+            return False
+        state.notifications = state.notifications | {(channel, notify_id)}
+        return True
+
+    def add_refund(self, refund: Refund) -> None:
+        state = self._work.state
+        if refund.out_refund_no in state.refunds:
+            raise Conflict(f"退款单号 {refund.out_refund_no} 已存在", f"out_refund_no {refund.out_refund_no} exists",
+                           field="out_refund_no")
+        state.refunds = {**state.refunds, refund.out_refund_no: copy.copy(refund)}
+
+    def save_refund(self, refund: Refund) -> None:
+        state = self._work.state
+        stored = state.refunds.get(refund.out_refund_no)
+        if stored is None or stored.id != refund.id or stored.version != refund.version:
+            raise _stale("退款", "refund")
+        state.refunds = {**state.refunds, refund.out_refund_no: attrs.evolve(refund, version=stored.version + 1)}
+        refund._bump_version()
+
+    def refund_by_no(self, out_refund_no: str) -> Refund | None:
+        return _copy_or_none(self._work.state.refunds.get(out_refund_no))
+
+    def refunds_for(self, out_trade_no: str) -> list[Refund]:
+        mine = [r for r in self._work.state.refunds.values() if r.out_trade_no == out_trade_no]
+        return [copy.copy(r) for r in sorted(mine, key=lambda r: r.created_at)]
+
+    def refunds_between(self, since: datetime, until: datetime, limit: int = 1000) -> list[Refund]:
+        _require_aware(since, until)
+        mine = [r for r in self._work.state.refunds.values() if since <= r.created_at < until]
+        return [copy.copy(r) for r in sorted(mine, key=lambda r: r.created_at)[:limit]]
+
+
+class _Outbox:
+    """Outbox messages; ``dedupe_key`` is unique."""
+
+    def __init__(self, work: _Work) -> None:
+        self._work = work
+
+    def add(self, message: OutboxMessage) -> bool:
+        state = self._work.state
+        if message.dedupe_key in state.dedupe_keys:
+            return False
+        if message.id in state.outbox:
+            raise _exists("消息", "message")
+        state.outbox = {**state.outbox, message.id: copy.deepcopy(message)}
+        state.dedupe_keys = {**state.dedupe_keys, message.dedupe_key: message.id}
+        return True
+
+    def save(self, message: OutboxMessage) -> None:
+        state = self._work.state
+        stored = state.outbox.get(message.id)
+        if stored is None or stored.version != message.version:
+            raise _stale("消息", "message")
+        state.outbox = {**state.outbox, message.id: attrs.evolve(copy.deepcopy(message), version=stored.version + 1)}
+        message._bump_version()
+
+    def get(self, message_id: str) -> OutboxMessage | None:
+        return _deepcopy_or_none(self._work.state.outbox.get(message_id))
+
+    def by_dedupe_key(self, dedupe_key: str) -> OutboxMessage | None:
+        state = self._work.state
+        return _deepcopy_or_none(state.outbox.get(state.dedupe_keys.get(dedupe_key, "")))
+
+    def due(self, now: datetime, limit: int = 50) -> list[OutboxMessage]:
+        _require_aware(now)
+        found = [m for m in self._work.state.outbox.values() if m.due(now)]
+        return [copy.deepcopy(m) for m in sorted(found, key=lambda m: m.created_at)[:limit]]
+
+    def in_doubt(self, now: datetime, limit: int = 50) -> list[OutboxMessage]:
+        _require_aware(now)
+        found = [m for m in self._work.state.outbox.values() if m.in_doubt(now)]
+        return [copy.deepcopy(m) for m in sorted(found, key=lambda m: m.created_at)[:limit]]
+
+    def list(self, *, state: MessageState | None = None, kind: str | None = None, recipient_id: str | None = None,
+             limit: int = 100) -> list[OutboxMessage]:
+        wanted = _value(state)
+
+        def keep(m: OutboxMessage) -> bool:
+            return ((state is None or m.state.value == wanted) and (kind is None or m.kind == kind)
+                    and (recipient_id is None or m.recipient_id == recipient_id))
+
+        found = sorted((m for m in reversed(self._work.state.outbox.values()) if keep(m)),
+                       key=lambda m: m.created_at, reverse=True)
+        return [copy.deepcopy(m) for m in found[:limit]]
+
+    def count_by_state(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for m in self._work.state.outbox.values():
+            counts[m.state.value] = counts.get(m.state.value, 0) + 1
+        return counts
+
+    def count_sent_since(self, recipient_id: str, since: datetime) -> int:
+        _require_aware(since)
+        return sum(1 for m in self._work.state.outbox.values()
+                   if m.recipient_id == recipient_id and m.state in (MessageState.SENT, MessageState.SENDING)
+                   and (m.updated_at or m.created_at) >= since)
+
 
 
 class InMemoryStore:
