@@ -161,6 +161,30 @@ class OutboxMessage:
         self._version += 1
 
 
+# == what a notifier (smartpark.ports.notifier.Notifier) takes and returns ===============================
+class DeliveryStatus(str, enum.Enum):
+    SENT = "sent"  # accepted by the provider
+    REJECTED = "rejected"  # failed permanently: do not retry (bad number, user not following, ...)
+    FAILED = "failed"  # failed temporarily: retry later (flow control, network, ...)
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    id: str  # the outbox id; also the idempotency key
+    recipient: str  # phone number or openid, as the channel expects
+    template: str  # the logical template name, e.g. "entry_reminder"
+    params: Mapping[str, str]
+    text: str = ""  # the rendered Chinese text, for logs and channels that send free text
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryResult:
+    status: DeliveryStatus
+    vendor_code: str = ""
+    vendor_message_id: str = ""
+    detail: str = ""
+
+
 def message_fields(m: OutboxMessage) -> dict[str, Any]:
     """The constructor keywords that rebuild ``m`` (stores use it to map rows)."""
     return {f.name.lstrip("_"): getattr(m, f.name) for f in attrs.fields(OutboxMessage)}

@@ -181,6 +181,67 @@ class Refund:
         self._version += 1
 
 
+# == what a payment channel (smartpark.ports.payment.PaymentChannel) takes and returns ==================
+class CallbackRejected(Exception):
+    """A callback failed verification (signature, decryption, shape). Never changes state."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@attrs.frozen(kw_only=True)
+class PaymentRequest:
+    out_trade_no: str  # unique per payment attempt
+    amount_fen: int
+    description: str
+    expires_at: datetime
+    notify_url: str = ""
+    payer_hint: str | None = None  # e.g. a WeChat openid for JSAPI
+
+
+@attrs.frozen(kw_only=True)
+class PaymentIntent:
+    channel: str
+    out_trade_no: str
+    code_url: str  # what the QR code encodes (or a URL to open)
+    expires_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class PaymentQuery:
+    out_trade_no: str
+    state: str  # "pending" | "paid" | "closed" | "refunded" | "unknown"
+    amount_fen: int | None = None
+    transaction_id: str | None = None
+    paid_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PaymentEvent:
+    channel: str
+    out_trade_no: str
+    state: str  # "paid" | "closed" | "refunded"
+    amount_fen: int
+    transaction_id: str
+    at: datetime
+    notify_id: str  # the provider's id for this notification (replays share it)
+
+
+@attrs.frozen(kw_only=True)
+class RefundResult:
+    out_refund_no: str
+    amount_fen: int
+    state: str  # "succeeded" | "processing" | "failed"
+
+
+@attrs.frozen(kw_only=True)
+class CallbackReply:
+    status: int
+    content_type: str
+    body: bytes
+
+
 def attempt_fields(a: PaymentAttempt) -> dict[str, Any]:
     """The constructor keywords that rebuild ``a`` (stores use it to map rows)."""
     return {f.name.lstrip("_"): getattr(a, f.name) for f in attrs.fields(PaymentAttempt)}

@@ -9,70 +9,20 @@ are integer fen. A third-party channel implements only this and passes
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-import attrs
+from ..core.payments import (
+    CallbackRejected,
+    CallbackReply,
+    PaymentEvent,
+    PaymentIntent,
+    PaymentQuery,
+    PaymentRequest,
+    RefundResult,
+)
 
-
-class CallbackRejected(Exception):
-    """A callback failed verification (signature, decryption, shape). Never changes state."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-@attrs.frozen(kw_only=True)
-class PaymentRequest:
-    out_trade_no: str  # unique per payment attempt
-    amount_fen: int
-    description: str
-    expires_at: datetime
-    notify_url: str = ""
-    payer_hint: str | None = None  # e.g. a WeChat openid for JSAPI
-
-
-@attrs.frozen(kw_only=True)
-class PaymentIntent:
-    channel: str
-    out_trade_no: str
-    code_url: str  # what the QR code encodes (or a URL to open)
-    expires_at: datetime
-
-
-@attrs.frozen(kw_only=True)
-class PaymentQuery:
-    out_trade_no: str
-    state: str  # "pending" | "paid" | "closed" | "refunded" | "unknown"
-    amount_fen: int | None = None
-    transaction_id: str | None = None
-    paid_at: datetime | None = None
-
-
-@attrs.frozen(kw_only=True)
-class PaymentEvent:
-    channel: str
-    out_trade_no: str
-    state: str  # "paid" | "closed" | "refunded"
-    amount_fen: int
-    transaction_id: str
-    at: datetime
-    notify_id: str  # the provider's id for this notification (replays share it)
-
-
-@attrs.frozen(kw_only=True)
-class RefundResult:
-    out_refund_no: str
-    amount_fen: int
-    state: str  # "succeeded" | "processing" | "failed"
-
-
-@attrs.frozen(kw_only=True)
-class CallbackReply:
-    status: int
-    content_type: str
-    body: bytes
+__all__ = ["CallbackRejected", "CallbackReply", "PaymentChannel", "PaymentEvent", "PaymentIntent", "PaymentQuery",
+           "PaymentRequest", "RefundResult"]
 
 
 @runtime_checkable
