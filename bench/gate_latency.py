@@ -23,10 +23,12 @@ one camera each. Two measurements, each beside a baseline measured in the same r
   reads outstanding, so the broker's per-client queue never overflows and drops), counting the opens received
   against the reads sent; beside the broker's echo throughput measured the same way.
 
-Targets (2-core machine): p50 <= 2 ms and p99 <= 5 ms at 100 reads/s, >= 1,000 reads/s sustained, nothing lost.
-Prints PASS/FAIL per target; exits 0 regardless unless ``--strict``.
+Targets (2-core machine, SQLite): p50 <= 2 ms and p99 <= 5 ms at 100 reads/s, >= 1,000 reads/s sustained, nothing
+lost. Prints PASS/FAIL per target; exits 0 regardless unless ``--strict``. ``--store both`` (the default) measures
+SQLite, then PostgreSQL (a fresh schema, dropped afterwards), and prints the two side by side, each with its ratio
+to the baseline of its own run; PostgreSQL is held to "nothing lost" only (the issue states no other target for it).
 
-    python bench/gate_latency.py [--service-process | --in-process] [--store sqlite|postgresql] [--lanes 50] [--reads 1000] [--burst 5000]
+    python bench/gate_latency.py [--service-process | --in-process] [--store both|sqlite|postgresql] [--lanes 50] [--reads 1000] [--burst 5000]
                                  [--broker 127.0.0.1:1883] [--profile] [--strict]
 """
 
@@ -515,7 +517,8 @@ def wait_count(fn: Any, target: int, timeout: float) -> int:
 # -- main -------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--store", choices=("both", "sqlite", "postgresql"), default="both",
+                    help="both (the default): SQLite, then PostgreSQL, and a table of the two side by side")
     ap.add_argument("--lanes", type=int, default=50, help="lanes (half entry, half exit), one camera each")
     ap.add_argument("--reads", type=int, default=1000, help="reads in the latency measurement (>= 1000)")
     ap.add_argument("--rate", type=float, default=100.0, help="reads per second in the latency measurement")
@@ -523,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=200, help="most reads outstanding in the throughput measurement")
     ap.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker (the embedded one if unreachable)")
     ap.add_argument("--dsn", default=os.environ.get("SMARTPARK_BENCH_POSTGRES_DSN", DEFAULT_DSN),
-                    help="PostgreSQL for --store postgresql (a fresh schema bench_<random> is made and dropped)")
+                    help="PostgreSQL for --store postgresql/both (a fresh schema bench_<random> is made and dropped)")
     ap.add_argument("--sim-dedup-ttl", type=float, default=1.0,
                     help="the gate simulator's reply cache (s); see bench/README.md: its pruning is O(n) per request")
     ap.add_argument("--sim-process", action="store_true",
@@ -544,24 +547,55 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile and not args.in_process:
         ap.error("--profile profiles the service in the bench's process: add --in-process")
 
-    if args.store == "postgresql":
-        problem = postgres_problem(args.dsn)
-        if problem:
-            print(f"store postgresql: not available yet ({problem}); nothing measured")
-            return 1 if args.strict else 0
+    stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
+    host, port = parse_address(args.broker)
+    broker = ensure_broker(host, port)
+    runs: dict[str, dict[str, Any]] = {}
+    rc = 0
+    try:
+        for store in stores:
+            if len(stores) > 1:
+                print(f"\n=== store: {store} " + "=" * 60)
+            if store == "postgresql":
+                problem = postgres_problem(args.dsn)
+                if problem:
+                    print(f"store postgresql: not available ({problem}); nothing measured")
+                    rc = rc or (1 if args.strict and args.store == "postgresql" else 0)
+                    continue
+            run = run_store(args, store, broker)
+            runs[store] = run
+            rc = rc or run["rc"]
+    finally:
+        broker.stop()
+    if len(runs) > 1:
+        side_by_side(args, runs)
+    return rc
+
+
+def run_store(args: argparse.Namespace, store: str, broker: Any) -> dict[str, Any]:
+    """Measure one store: start the service on it, run the latency and throughput measurements, report."""
+    if store == "postgresql":
         args.store_plugin = "storage_postgres"
         args.store_settings = {"dsn": args.dsn, "schema": "bench_" + os.urandom(4).hex()}
     else:
         args.store_plugin = "storage_sqlite"
         args.store_settings = {}
-
-    host, port = parse_address(args.broker)
-    broker = ensure_broker(host, port)
+    args.current_store = store
     folder = tempfile.TemporaryDirectory(prefix="smartpark-bench-")
     cars_latency = args.reads // 2
     cars_burst = args.burst // 2
     warm_cars = 100
     owners = warm_cars + cars_latency + cars_burst + (1000 if args.profile else 0)
+    try:
+        return _measure(args, store, broker, folder, owners, warm_cars, cars_latency, cars_burst)
+    finally:
+        folder.cleanup()
+        if args.store_plugin == "storage_postgres":
+            drop_schema(args.dsn, args.store_settings["schema"])
+
+
+def _measure(args: argparse.Namespace, store: str, broker: Any, folder: Any, owners: int, warm_cars: int,
+             cars_latency: int, cars_burst: int) -> dict[str, Any]:
     if args.in_process:
         print("mode: in-process (the service in the bench's process through start_in_thread, sharing the GIL "
               "with the publisher and the gate simulator)")
@@ -580,9 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException:
             pipe.close()
             print(f"--- the service's log ({pipe.log}), tail ---\n{pipe.log_tail()}")
-            folder.cleanup()
             raise
-    print(f"store: {args.store} ({args.store_plugin}), {args.lanes} lanes ({len(pipe.ins)} in, {len(pipe.outs)} out), "
+    print(f"store: {store} ({args.store_plugin}), {args.lanes} lanes ({len(pipe.ins)} in, {len(pipe.outs)} out), "
           f"{owners} owners registered beforehand in {took:.1f} s through the service layer")
     if not args.in_process:
         print(f"service: pid {pipe.proc.pid}, http://127.0.0.1:{pipe.http_port}, reading and opening after "
@@ -661,14 +694,51 @@ def main(argv: list[str] | None = None) -> int:
             service_note += f"; the decisions could not be read back: {type(e).__name__}: {e}"
     outcomes, gate_failed = dict(pipe.outcomes), pipe.gate_failed
     pipe.close()
-    broker.stop()
     rc = report(args, broker, results, outcomes, gate_failed, profile_text, service_note)
     if isinstance(pipe, ServicePipeline) and (pipe.exit_code != 0 or results["failed"]):
         print(f"\n--- the service's log ({pipe.log}), tail ---\n{pipe.log_tail()}")
-    folder.cleanup()
-    if args.store_plugin == "storage_postgres":
-        drop_schema(args.dsn, args.store_settings["schema"])
-    return rc
+    return {"results": results, "gate_failed": gate_failed, "rc": rc}
+
+
+def _figures(r: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """(pipeline, baseline) per figure of one run."""
+    raw, lat = r["raw"], r["lat"]
+    echo_n, echo_got, echo_s = r["echo"]
+    burst_n, burst_got, burst_s = r["burst"]
+    nan = float("nan")
+    return {
+        "p50 (ms)": (pct(lat, 50), pct(raw, 50)),
+        "p99 (ms)": (pct(lat, 99), pct(raw, 99)),
+        "max (ms)": (max(lat, default=nan), max(raw, default=nan)),
+        "mean (ms)": (statistics.fmean(lat) if lat else nan, statistics.fmean(raw) if raw else nan),
+        "sustained reads/s": (burst_got / burst_s, echo_got / echo_s),
+    }
+
+
+def side_by_side(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> None:
+    """Both stores in one table; each store's ratio is against the baseline measured in its own run."""
+    sq, pg = _figures(runs["sqlite"]["results"]), _figures(runs["postgresql"]["results"])
+    at = f"at {args.rate:.0f} reads/s"
+    w = 34
+    print()
+    print(f"=== side by side ({args.lanes} lanes, the service in its own process: "
+          f"{'no' if args.in_process else 'yes'}) " + "=" * 24)
+    print(f"{'':{w}} {'sqlite':>10} {'postgresql':>11} {'baseline':>10} {'sqlite/base':>12} {'pg/base':>8} "
+          f"{'pg/sqlite':>10}")
+    for name in sq:
+        (s_v, s_b), (p_v, p_b) = sq[name], pg[name]
+        label = (f"latency {at}, {name}" if "ms" in name else f"{name} (window {args.window})")
+        fmt = "{:10.0f}" if "reads/s" in name else "{:10.3f}"
+        base = (s_b + p_b) / 2
+        print(f"{label:{w}} {fmt.format(s_v)} {fmt.format(p_v):>11} {fmt.format(base)} "
+              f"{s_v / s_b:11.2f}x {p_v / p_b:7.2f}x {p_v / s_v:9.2f}x")
+    for store, run in runs.items():
+        r = run["results"]
+        burst_n, burst_got, _ = r["burst"]
+        print(f"{store}: reads sent / opens received {r['lat_sent']} / {r['lat_opened']} (latency run), "
+              f"{burst_n} / {burst_got} (throughput run), {run['gate_failed']} gate failures")
+    print("baseline: the broker round trip / echo throughput measured in each store's run (shown: their mean); "
+          "each store's ratio is against its own run's baseline")
 
 
 def profile(pipe: Pipeline, args: argparse.Namespace) -> str:
@@ -728,9 +798,13 @@ def report(args: argparse.Namespace, broker: Any, r: dict[str, Any], outcomes: d
         (f"p50 <= {TARGET_P50_MS:g} ms at {args.rate:.0f} reads/s", pct(lat, 50) <= TARGET_P50_MS, f"{pct(lat, 50):.3f} ms"),
         (f"p99 <= {TARGET_P99_MS:g} ms at {args.rate:.0f} reads/s", pct(lat, 99) <= TARGET_P99_MS, f"{pct(lat, 99):.3f} ms"),
         (f">= {TARGET_RATE:.0f} reads/s sustained", burst_rate >= TARGET_RATE, f"{burst_rate:.0f} reads/s"),
-        ("nothing lost", lost_latency == 0 and lost_burst == 0 and gate_failed == 0,
-         f"{lost_latency + lost_burst} reads without an open, {gate_failed} gate failures"),
     ]
+    if getattr(args, "current_store", "sqlite") != "sqlite":
+        # the latency and throughput targets are SQLite's (one lot, one machine); other stores print figures
+        # and ratios, and are held to "nothing lost" only
+        checks = []
+    checks.append(("nothing lost", lost_latency == 0 and lost_burst == 0 and gate_failed == 0,
+                   f"{lost_latency + lost_burst} reads without an open, {gate_failed} gate failures"))
     for name, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
     if profile_text:

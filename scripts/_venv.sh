@@ -16,3 +16,10 @@ spec="."
 echo ">> installing smartpark${extras:+[$extras]} into .venv"
 python -m pip install --disable-pip-version-check -q --upgrade pip >/dev/null
 python -m pip install --disable-pip-version-check -q -e "$spec"
+# With the test extra, also the example third-party plugin (a separate distribution): tests/contract/
+# test_example_plugin.py runs the PaymentChannel contract on it. --no-deps: its requirements are smartpark's own,
+# already installed above (the editable smartpark must not be replaced by a resolver's choice).
+if [[ ",$extras," == *",test,"* ]]; then
+  echo ">> installing the example plugin examples/smartpark-pay-unionpay into .venv"
+  python -m pip install --disable-pip-version-check -q --no-deps -e examples/smartpark-pay-unionpay
+fi

@@ -24,8 +24,12 @@ from dependency_injector import containers, providers
 from .config import AppConfig, config_from_mapping, load_config
 from .core.bus import MessageBus
 from .core.clock import SystemClock
+from .core.delivery import DeliveryPolicy, OutboxWorker, parse_quiet_hours
 from .core.errors import ConfigError
 from .core.gate import GateRules, Lane, ParkingService, RegistrationLinks
+from .core.notify import Attendant, NotificationPlanner, NotificationService, NotifyPolicy
+from .core.payservice import PaymentService, PaymentSettings
+from .core.receipts import ReceiptService
 from .core.services import AnnouncementService, AuditService, BalanceService, ResidentService
 from .core.tariff import TariffSet
 from .plugins import Plugins
@@ -90,6 +94,10 @@ def _gate_rules(c: AppConfig) -> GateRules:
     )
 
 
+def _payment_settings(c: AppConfig) -> PaymentSettings:
+    return PaymentSettings(public_url=c.gate.public_url, timezone=c.lot.timezone)
+
+
 def _tariffs(c: AppConfig) -> TariffSet:
     try:
         return TariffSet.from_config(c.tariff, timezone=c.lot.timezone)
@@ -101,6 +109,67 @@ def _tariffs(c: AppConfig) -> TariffSet:
 def _links(keyring: KeyRing, rules: GateRules) -> RegistrationLinks:
     key = hmac.new(keyring.audit_key, b"smartpark registration links v1", hashlib.sha256).digest()
     return RegistrationLinks(key, rules.public_url, rules.registration_ttl)
+
+
+def _receipts(store: Any, clock: Any, keyring: KeyRing, c: AppConfig) -> ReceiptService:
+    """Receipt verification codes: an HMAC key of their own, derived like the links' key (never the data key)."""
+    key = hmac.new(keyring.audit_key, b"smartpark receipts v1", hashlib.sha256).digest()
+    return ReceiptService(store, clock, key, c.lot.name, c.gate.public_url, timezone=c.lot.timezone)
+
+
+def _notifier_channels(notifiers: Any) -> frozenset[str] | None:
+    """The channels of the enabled notifiers (built on first use); None when they cannot be built."""
+    try:
+        return frozenset(getattr(n, "channel", "") for n in notifiers().values()) - {""}
+    except Exception:  # noqa: BLE001 - a broken notifier setting must not fail the use case that queues a message
+        log.exception("could not build the notifiers; notifications are queued on every channel")
+        return None
+
+
+def _notify_policy(c: AppConfig, tariffs: TariffSet, notifiers: Any) -> NotifyPolicy:
+    n, visitor = c.notifications, tariffs.visitor
+    return NotifyPolicy(
+        enabled=n.enabled, prefer=n.prefer, overtime_lead=timedelta(minutes=n.overtime_lead_minutes),
+        max_stay=timedelta(minutes=n.max_stay_minutes) if n.max_stay_minutes else None,
+        free_minutes=None if visitor.is_free else visitor.free_minutes, low_balance_fen=n.low_balance_fen,
+        attendants=tuple(Attendant(name=a.name, phone=a.phone, openid=a.openid) for a in n.attendants),
+        public_url=c.gate.public_url, lot_name=c.lot.name, capacity=c.lot.capacity,
+        timezone=ZoneInfo(c.lot.timezone), templates=dict(n.templates), channels=_notifier_channels(notifiers),
+    )
+
+
+def _receipt_link(receipts: ReceiptService) -> Any:
+    """``(uow, order_id) -> (url, code)`` for the payment-success message, inside the payment's transaction."""
+
+    def link(uow: Any, order_id: str) -> tuple[str, str]:
+        receipt = receipts.for_order_in(uow, order_id)
+        return receipt.verify_url, receipt.code
+
+    return link
+
+
+def _subscribe_notifications(container: Container) -> None:
+    """Subscribe the planner's transactional handlers on the bus. The planner (and the notifiers, for their
+    channels) is built on the first event, not here: bootstrapping stays free of adapter side effects."""
+    if not container.config().notifications.enabled:
+        return
+
+    def handle(uow: Any, event: Any) -> None:
+        container.notification_planner().handle(uow, event)
+
+    for event_type in NotificationPlanner.EVENT_TYPES:
+        container.bus().subscribe_in_transaction(event_type, handle)
+
+
+def _delivery_policy(c: AppConfig, notifiers: dict[str, Any]) -> DeliveryPolicy:
+    """How the outbox worker delivers: ``[notifications]`` settings; the claim lease outlasts the slowest send."""
+    n = c.notifications
+    slowest = max((float(getattr(x, "timeout_seconds", 10.0)) for x in notifiers.values()), default=10.0)
+    return DeliveryPolicy(
+        quiet_hours=parse_quiet_hours(n.quiet_hours), timezone=ZoneInfo(c.lot.timezone),
+        rate_limit_per_hour=n.rate_limit_per_hour, fallback_to_sms=n.fallback_to_sms,
+        lease=timedelta(seconds=2 * slowest + 5),
+    )
 
 
 def _gate_lookup(gates: dict[str, Any]) -> Any:
@@ -144,9 +213,19 @@ class Container(containers.DeclarativeContainer):
     gate_rules = providers.Singleton(_gate_rules, config)
     tariffs = providers.Singleton(_tariffs, config)
     links = providers.Singleton(_links, keyring, gate_rules)
+    receipts = providers.Singleton(_receipts, store, clock, keyring, config)
     gate_lookup = providers.Singleton(_gate_lookup, gates)
+    notify_policy = providers.Singleton(_notify_policy, config, tariffs, notifiers.provider)
+    notification_planner = providers.Singleton(NotificationPlanner, clock=clock, policy=notify_policy,
+                                               receipt_link=providers.Singleton(_receipt_link, receipts))
+    notifications = providers.Singleton(NotificationService, store, clock, notification_planner)
+    delivery_policy = providers.Singleton(_delivery_policy, config, notifiers)
+    outbox_worker = providers.Singleton(OutboxWorker, store, clock, notifiers, delivery_policy)
     parking = providers.Singleton(ParkingService, store, clock, bus, rules=gate_rules, tariffs=tariffs,
                                   gates=gate_lookup, links=links, residents=residents)
+    payment_settings = providers.Singleton(_payment_settings, config)
+    payments = providers.Singleton(PaymentService, store, clock, bus, parking=parking, channels=payment_channels,
+                                   settings=payment_settings)
 
 
 @attrs.define
@@ -166,6 +245,10 @@ class App:
     balances = property(lambda self: self.container.balances())
     audit = property(lambda self: self.container.audit())
     parking = property(lambda self: self.container.parking())
+    payments = property(lambda self: self.container.payments())
+    notifications = property(lambda self: self.container.notifications())
+    outbox_worker = property(lambda self: self.container.outbox_worker())
+    receipts = property(lambda self: self.container.receipts())
     tariffs = property(lambda self: self.container.tariffs())
     gates = property(lambda self: self.container.gates())
     recognizers = property(lambda self: self.container.recognizers())
@@ -220,4 +303,5 @@ def bootstrap(config: AppConfig | Mapping[str, Any] | str | Path | None = None, 
             known = ", ".join(sorted(container.providers))
             raise ConfigError(f"无法覆盖未知组件 {name}", f"cannot override unknown provider {name!r}; known: {known}")
         provider.override(providers.Object(instance))
+    _subscribe_notifications(container)
     return App(container)

@@ -301,7 +301,7 @@ def _owners_table(owners: Sequence[Owner], tz: tzinfo, title: str | None = None)
     table = Table(title=title, title_justify="left", header_style="bold")
     for name, kw in (("编号", {"no_wrap": True}), ("姓名", {}), ("身份证号", {"no_wrap": True}),
                      ("手机号", {"no_wrap": True}), ("车牌", {}), ("余额", {"justify": "right", "no_wrap": True}),
-                     ("车位已满通知", {}), ("登记时间", {"no_wrap": True})):
+                     ("车库已满通知", {}), ("登记时间", {"no_wrap": True})):
         table.add_column(name, **kw)
     for o in owners:
         table.add_row(_t(o.id), _t(o.name), _t(o.id_number.masked), _t(o.phone.masked), _t(_plates(o)),
@@ -407,7 +407,7 @@ def owner_add(
     phone: Annotated[str, typer.Option("--phone", help="手机号 / mobile number")],
     plate: Annotated[list[str], typer.Option("--plate", help="车牌，可重复 / plate, repeatable")],
     no_lot_full_notice: Annotated[bool, typer.Option(
-        "--no-lot-full-notice", help="不接收车位已满通知 / opt out of lot-full notices")] = False,
+        "--no-lot-full-notice", help="不接收车库已满通知 / opt out of lot-full notices")] = False,
 ) -> None:
     """登记业主 / register an owner."""
     st = _state(ctx)
@@ -1289,6 +1289,90 @@ def serve_cmd(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
+# -- notifications (the outbox) --------------------------------------------------------------------
+notifications_app = typer.Typer(help="通知消息（发件箱）/ notification messages (the outbox)", no_args_is_help=True)
+app.add_typer(notifications_app, name="notifications")
+
+_MESSAGE_STATES = ("pending", "sending", "sent", "retrying", "failed", "cancelled")
+
+
+@notifications_app.command("list")
+def notifications_list(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(
+        "--state", help="只看此状态 / only this state: " + "|".join(_MESSAGE_STATES))] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="最多显示条数 / at most N")] = 50,
+) -> None:
+    """列出最近的通知消息（新的在前）/ list recent messages, newest first."""
+    from .core.delivery import masked_address, state_zh
+
+    if state is not None and state not in _MESSAGE_STATES:
+        raise ValidationError(f"未知状态「{state}」，可选：{'、'.join(_MESSAGE_STATES)}",
+                              f"unknown state {state!r}; one of {', '.join(_MESSAGE_STATES)}", field="state")
+    st = _state(ctx)
+    tz = st.app.timezone
+    messages = st.app.outbox_worker.messages(state=state, limit=limit)
+    if not messages:
+        _out().print(_t("没有符合条件的通知消息"))
+        return
+    table = Table(title=f"通知消息 共 {len(messages)} 条", title_justify="left", header_style="bold")
+    for name in ("编号", "时间", "类型", "渠道", "接收人", "状态", "次数", "服务商代码"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("说明", overflow="fold", min_width=24)
+    for m in messages:
+        table.add_row(_t(m.id), _t(_when(m.updated_at or m.created_at, tz)), _t(m.kind), _t(m.channel),
+                      _t(masked_address(m)), _t(state_zh(m.state)), _t(m.attempts), _t(m.vendor_code or "—"),
+                      _t(m.detail or ""))
+    _out().print(table)
+
+
+@notifications_app.command("retry")
+def notifications_retry(
+    ctx: typer.Context,
+    message_id: Annotated[str, typer.Argument(help="消息编号（notifications list 第一列）/ message id")],
+) -> None:
+    """重发一条发送失败或已取消的消息（记入审计日志）/ queue a failed or cancelled message again (audited)."""
+    st = _state(ctx)
+    m = st.app.outbox_worker.retry(message_id, actor=st.actor)
+    _ok(f"消息 {m.id} 已重新排队，将由发送任务发出（已记入审计日志）")
+
+
+@notifications_app.command("send")
+def notifications_send(
+    ctx: typer.Context,
+    loop: Annotated[bool, typer.Option(
+        "--loop", help="持续运行，每秒发送到期的消息（SIGTERM/Ctrl-C 停止）/ keep running")] = False,
+    interval: Annotated[float, typer.Option(
+        "--interval", min=0.05, max=60, help="--loop 时两轮之间的秒数 / seconds between passes")] = 1.0,
+) -> None:
+    """发送待发送的通知消息，直到没有到期的消息 / send queued messages until none is due (--loop: keep going)."""
+    import signal
+    import threading
+
+    st = _state(ctx)
+    _setup_logging(st.debug)
+    worker = st.app.outbox_worker
+    if not loop:
+        sent = worker.run_until_idle()
+        waiting = worker.pending()
+        _ok(f"已发送 {sent} 条" + (f"；另有 {waiting} 条尚未到发送时间（等待重试、免打扰或发送中）" if waiting else ""))
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _note(f"通知发送任务已启动（渠道：{'、'.join(worker.channels) or '无'}），SIGTERM/Ctrl-C 停止 / "
+          f"delivering notifications until stopped")
+    while not stop.is_set():
+        try:
+            report = worker.run_once()
+        except Exception:  # noqa: BLE001 - a failing pass (database busy, ...) must not end the loop
+            import logging
+
+            logging.getLogger(__name__).exception("outbox pass failed")
+            report = None
+        if report is None or report.worked == 0:
+            stop.wait(interval)
+
+
 # -- attendant API tokens --------------------------------------------------------------------------
 token_app = typer.Typer(help="值班员接口令牌（/api/booth）/ attendant API tokens", no_args_is_help=True)
 app.add_typer(token_app, name="token")
@@ -1341,6 +1425,169 @@ def token_revoke(
 
 
 # -- device simulators ---------------------------------------------------------------------------
+# -- payments, refunds, the daily payment report --------------------------------------------------
+pay_app = typer.Typer(help="在线支付（微信支付、支付宝）/ online payments", no_args_is_help=True)
+report_app = typer.Typer(help="报表 / reports", no_args_is_help=True)
+app.add_typer(pay_app, name="pay")
+app.add_typer(report_app, name="report")
+
+def _money(fen: int) -> Any:
+    from .core.values import Money
+
+    return Money(fen)
+
+
+def _yuan_to_money(text: str) -> Any:
+    from .core.values import Money
+
+    return Money.from_yuan(text)
+
+
+_ATTEMPT_STATE_ZH = {"paying": "支付中", "paid": "已支付", "closed": "已关闭"}
+
+
+def _print_qr(text: str) -> None:
+    """The payment's QR code in the terminal (segno's text rendering), for a phone to scan."""
+    try:
+        import io
+
+        import segno
+
+        buffer = io.StringIO()
+        segno.make(text, error="m").terminal(out=buffer, compact=True)
+        _out().print(Text(buffer.getvalue()))
+    except ImportError:  # segno not installed: the URL alone still works
+        pass
+
+
+def _payment_lines(v: Any, tz: tzinfo) -> None:
+    out = _out()
+    what = f"订单 {v.order_id}" if v.order_id else f"业主 {v.subject_id} 充值"
+    out.print(Text.assemble(("商户订单号：", "bold"), v.out_trade_no))
+    out.print(Text.assemble(("用途：", "bold"), what, "  ", ("渠道：", "bold"), v.channel, "  ",
+                            ("金额：", "bold"), str(_money(v.amount_fen))))
+    out.print(Text.assemble(("状态：", "bold"), _ATTEMPT_STATE_ZH.get(v.state, v.state),
+                            f"（已退款 {_money(v.refunded_fen)}）" if v.refunded_fen else ""))
+    if v.state == "paying":
+        out.print(Text.assemble(("有效至：", "bold"), _when(v.expires_at, tz)))
+    if v.paid_at:
+        out.print(Text.assemble(("支付时间：", "bold"), _when(v.paid_at, tz), "  ", ("渠道流水号：", "bold"),
+                                v.transaction_id or "—"))
+
+
+@pay_app.command("order")
+def pay_order_cmd(
+    ctx: typer.Context,
+    order_id: Annotated[str, typer.Argument(help="订单编号 / order id")],
+    channel: Annotated[str, typer.Option("--channel", help="支付渠道 / channel: wechat|alipay")] = "wechat",
+) -> None:
+    """为订单生成支付二维码（新的商户订单号）/ start paying an order: prints the QR code to scan."""
+    st = _state(ctx)
+    v = st.app.payments.pay_order(order_id, channel, actor=st.actor)
+    _print_qr(v.code_url)
+    _out().print(Text.assemble(("二维码内容：", "bold"), v.code_url))
+    _payment_lines(v, st.app.timezone)
+
+
+@pay_app.command("topup")
+def pay_topup_cmd(
+    ctx: typer.Context,
+    owner_id: Annotated[str, typer.Argument(help="业主编号 / owner id")],
+    amount: Annotated[str, typer.Argument(help="充值金额（元，如 100 或 50.00）/ amount in yuan")],
+    channel: Annotated[str, typer.Option("--channel", help="支付渠道 / channel: wechat|alipay")] = "wechat",
+) -> None:
+    """业主余额充值：生成支付二维码，支付成功后自动入账 / top up an owner's balance."""
+    st = _state(ctx)
+    v = st.app.payments.start_topup(owner_id, _yuan_to_money(amount).fen, channel, actor=st.actor)
+    _print_qr(v.code_url)
+    _out().print(Text.assemble(("二维码内容：", "bold"), v.code_url))
+    _payment_lines(v, st.app.timezone)
+
+
+@pay_app.command("status")
+def pay_status_cmd(
+    ctx: typer.Context,
+    out_trade_no: Annotated[str, typer.Argument(help="商户订单号 / out_trade_no")],
+) -> None:
+    """查询一笔支付（支付中时向渠道核实）/ a payment's state (asks the channel while it is paying)."""
+    st = _state(ctx)
+    v = st.app.payments.status(out_trade_no)
+    _payment_lines(v, st.app.timezone)
+    for r in st.app.payments.refunds_for(out_trade_no):
+        _out().print(Text.assemble(("退款：", "bold"), f"{r.out_refund_no} {_money(r.amount_fen)} {r.state.value} "
+                                   f"{_when(r.created_at, st.app.timezone)} {r.reason}"))
+
+
+@pay_app.command("reconcile")
+def pay_reconcile_cmd(ctx: typer.Context) -> None:
+    """立即对账：查询卡在支付中的订单、关闭过期订单、重发未完成的退款 / reconcile now (the service does it every 30 s)."""
+    st = _state(ctx)
+    s = st.app.payments.reconcile()
+    _ok(f"已查询 {s.queried} 笔，入账 {s.applied} 笔，关闭 {s.closed} 笔，重发退款 {s.refunds_retried} 笔"
+        + (f"，{s.errors} 笔查询失败" if s.errors else ""))
+    if s.errors:
+        raise typer.Exit(EXIT_CONFLICT)
+
+
+@app.command("refund")
+def refund_cmd(
+    ctx: typer.Context,
+    out_trade_no: Annotated[str, typer.Argument(help="商户订单号 / out_trade_no")],
+    amount: Annotated[str, typer.Argument(help="退款金额（元）/ amount in yuan")],
+    reason: Annotated[str, typer.Option("--reason", help=REASON_HELP)] = "",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help=YES_HELP)] = False,
+) -> None:
+    """退款（部分或全部，记入审计日志）/ refund part or all of a payment (audited)."""
+    st = _state(ctx)
+    fen = _yuan_to_money(amount).fen
+    if not (reason or "").strip():
+        raise ValidationError("请用 --reason 填写退款原因", "a reason is required (--reason)", field="reason")
+    if not yes:
+        _confirm(f"确认退款 {_money(fen)}（商户订单号 {out_trade_no}）？")
+    r = st.app.payments.refund(out_trade_no, fen, reason=reason, actor=st.actor)
+    state = {"succeeded": "退款成功", "processing": "退款处理中（渠道确认后完成）", "failed": "退款失败，请联系支付渠道"}
+    _ok(f"退款单号 {r.out_refund_no}：{_money(r.amount_fen)}，{state.get(r.state.value, r.state.value)}（已记入审计日志）")
+    if r.state.value == "failed":
+        raise typer.Exit(EXIT_CONFLICT)
+
+
+@report_app.command("payments")
+def report_payments_cmd(
+    ctx: typer.Context,
+    day: Annotated[str, typer.Option("--date", help="日期（车场所在时区）YYYY-MM-DD，默认昨天 / the local day")] = "",
+) -> None:
+    """支付对账日报：本系统记录与支付渠道记录逐笔核对；有差异时退出码为 6 / daily payment report (exit 6 on mismatch)."""
+    from datetime import date as _date
+    from datetime import timedelta as _td
+
+    st = _state(ctx)
+    tz = st.app.timezone
+    try:
+        wanted = _date.fromisoformat(day) if day else (st.app.clock.now().astimezone(tz).date() - _td(days=1))
+    except ValueError:
+        raise ValidationError(f"日期「{day}」格式不正确，应为 YYYY-MM-DD", f"bad date {day!r}; use YYYY-MM-DD",
+                              field="date") from None
+    report = st.app.payments.report(wanted)
+    table = Table(title=f"支付对账 {wanted.isoformat()}", title_justify="left", header_style="bold")
+    for name in ("渠道", "本系统笔数", "本系统金额", "渠道笔数", "渠道金额", "退款笔数", "退款金额"):
+        table.add_column(name, justify="left" if name == "渠道" else "right")
+    for row in report.channels:
+        table.add_row(_t(row.channel), _t(row.ours_count), _t(_money(row.ours_fen)), _t(row.theirs_count),
+                      _t(_money(row.theirs_fen)), _t(row.refunds_count), _t(_money(row.refunds_fen)))
+    _out().print(table)
+    if report.ok:
+        _ok("本系统记录与渠道记录一致")
+        return
+    mismatches = Table(title=f"差异 {len(report.mismatches)} 笔", title_justify="left", header_style="bold")
+    for name in ("商户订单号", "渠道", "本系统", "渠道记录"):
+        mismatches.add_column(name, no_wrap=True)
+    for m in report.mismatches:
+        mismatches.add_row(_t(m.out_trade_no), _t(m.channel), _t(m.ours), _t(m.theirs))
+    _out().print(mismatches)
+    print_error(f"有 {len(report.mismatches)} 笔与渠道记录不符，请核对", f"{len(report.mismatches)} mismatch(es)")
+    raise typer.Exit(EXIT_INTEGRITY)
+
+
 @app.command("gate-sim")
 def gate_sim_cmd(
     host: Annotated[str, typer.Option("--host", help="监听地址 / address to listen on")] = "127.0.0.1",

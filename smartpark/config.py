@@ -22,6 +22,7 @@ Secrets never appear in the file: a setting typed :data:`Secret` accepts only
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import zoneinfo
 from pathlib import Path
@@ -31,6 +32,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, f
 from pydantic import ValidationError as PydanticValidationError
 
 from .core.errors import ConfigError
+from .core.notify import template_problems
+from .core.values import Phone
 
 DEFAULT_CONFIG_NAME = "plugins.toml"
 CONFIG_ENV = "SMARTPARK_CONFIG"
@@ -118,6 +121,78 @@ class GateConfig(_Strict):
     unpaid_order_ttl_minutes: int = Field(30, ge=1, le=24 * 60)
 
 
+class AttendantConfig(_Strict):
+    """One person who gets device and gate alarms (urgent: sent in quiet hours too)."""
+
+    name: str = Field(min_length=1, max_length=30)
+    phone: str = ""
+    openid: str | None = None
+
+    @field_validator("phone")
+    @classmethod
+    def _mobile(cls, v: str) -> str:
+        if not v:
+            return v
+        try:
+            return str(Phone.parse(v))
+        except Exception as e:  # noqa: BLE001 - ValidationError with a Chinese and an English message
+            raise ValueError(getattr(e, "en", str(e))) from None
+
+
+class NotificationsConfig(_Strict):
+    """``[notifications]``: which messages are queued, for whom, and how the outbox delivers them."""
+
+    #: false: nothing is queued (the delivery worker still sends what is already queued).
+    enabled: bool = True
+    #: The first channel for owners and attendants with a WeChat openid; visitors always get SMS.
+    prefer: Literal["wechat", "sms"] = "wechat"
+    #: A WeChat message refused for good (user not following, ...) is sent again as SMS.
+    fallback_to_sms: bool = True
+    #: The overtime warning goes out this many minutes before a visitor's free time ends.
+    overtime_lead_minutes: int = Field(10, ge=1, le=24 * 60)
+    #: A visitor's longest allowed stay in minutes (warned ``overtime_lead_minutes`` before); 0 = no maximum.
+    max_stay_minutes: int = Field(0, ge=0, le=366 * 24 * 60)
+    #: No messages in these local hours (lot time zone), e.g. "22:00-07:00"; "" = none. Alarms ignore it.
+    quiet_hours: str = ""
+    #: At most this many messages per recipient per hour (alarms excepted); 0 = no limit.
+    rate_limit_per_hour: int = Field(10, ge=0, le=10_000)
+    #: A charge that leaves an owner's balance below this (fen) sends a low-balance reminder; below 0: arrears.
+    low_balance_fen: int = Field(2000, ge=0)
+    #: Who gets device-offline/online and gate-failure alarms.
+    attendants: list[AttendantConfig] = Field(default_factory=list)
+    #: Per message kind, the Chinese text with {placeholders}; built-in defaults (docs/notifications.md).
+    templates: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, v: str) -> str:
+        v = v.strip()
+        m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)\s*-\s*([01]?\d|2[0-3]):([0-5]\d)", v)
+        if v and (m is None or (int(m[1]), m[2]) == (int(m[3]), m[4])):
+            raise ValueError('expected local times "HH:MM-HH:MM" such as "22:00-07:00" (different), or ""')
+        return v
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: dict[str, str]) -> dict[str, str]:
+        problems = template_problems(v)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("attendants")
+    @classmethod
+    def _reachable(cls, v: list[AttendantConfig]) -> list[AttendantConfig]:
+        names = [a.name for a in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"attendant names must be unique; repeated: {', '.join(dupes)}")
+        unreachable = [a.name for a in v if not a.phone and not a.openid]
+        if unreachable:
+            raise ValueError(f"attendants need a phone or an openid: {', '.join(unreachable)}")
+        return v
+
+
 class SecurityConfig(_Strict):
     #: The data key file (created 0600 on first use) unless SMARTPARK_DATA_KEY is set; relative to data_dir.
     key_file: str = "smartpark.key"
@@ -144,6 +219,7 @@ class AppConfig(_Strict):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     #: Tariff settings; validated by the core's tariff when the gate logic loads it.
     tariff: dict[str, Any] = Field(default_factory=dict)
     plugins: PluginsSection = Field(default_factory=PluginsSection)

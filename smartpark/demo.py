@@ -15,8 +15,9 @@ The scripted day:
 1. an owner is registered (as the booth does) and drives in (camera read -> the gate opens, no stop) and out;
 2. a visitor's unknown plate holds the gate -> the registration link -> the visitor page (GET, then the POST the
    page's script makes) -> the gate opens, with the free-time reminder;
-3. two hours later the visitor reads out -> payment required -> cash at the booth through the booth API (a token
-   made for the demo) -> the exit gate opens;
+3. two hours later the visitor reads out -> payment required -> the exit shows a WeChat Pay QR code (the real
+   ``wechatpayv3`` SDK against the loopback WeChat Pay sandbox) -> the "payer" pays in the sandbox, which POSTs
+   its signed notification to the service -> verified, the order is paid, the exit gate opens -> the receipt;
 4. the lot fills -> 车库已满 (LotFull) -> a visitor is refused -> a car leaves -> LotAvailable;
 5. a malformed camera payload is answered 400 without harm (and one through the relay is dropped), a resent
    event is recognised as a duplicate, and a re-read of a car at the barrier re-opens it without a second stay.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -50,6 +52,8 @@ __all__ = ["BROKER_ENV", "DEFAULT_BROKER", "run_demo"]
 
 #: Where the demo looks for an MQTT broker before starting the embedded one (``--broker`` overrides).
 BROKER_ENV = "SMARTPARK_DEMO_BROKER"
+_SMS_SECRET_ENV = "SMARTPARK_DEMO_SMS_SECRET"
+_WECHAT_SECRET_ENV = "SMARTPARK_DEMO_WECHAT_SECRET"
 DEFAULT_BROKER = "127.0.0.1:1883"
 
 LOT_NAME = "阳光花园小区停车场（演示）"
@@ -59,6 +63,7 @@ TARIFF = {"free_minutes": 15, "unit_minutes": 60, "unit_fee": 300}
 ACTOR = "booth:演示岗亭"
 
 # Made-up people with valid ID numbers (correct check characters) and phones.
+DEMO_OPENID = "oDemo-WangQiang-000000000000"  # an openid that follows the (sandbox) official account
 OWNERS = {
     "张伟": {"id_number": "110105198001011238", "phone": "13800138000", "plates": ["京A12345"]},
     "李娜": {"id_number": "310115198506152343", "phone": "13900139000", "plates": ["沪B67890"]},
@@ -68,6 +73,7 @@ VISITOR = {"name": "赵敏", "id_number": "440305199002033457", "phone": "137001
 VISITOR_2 = "浙A88888"
 
 _OUTCOME = {"open": "抬杆", "hold": "等待", "refuse": "拒绝"}
+_CHANNEL_ZH = {"cash": "现金", "wechat": "微信支付", "alipay": "支付宝", "balance": "余额"}
 _KIND = {"owner": "业主", "visitor": "访客"}
 
 
@@ -78,6 +84,15 @@ def _masked(plate: str | None) -> str:
         return Plate.parse(plate).masked
     except Exception:  # noqa: BLE001 - already masked, or not a plate
         return plate
+
+
+_PLATE_IN_TEXT = re.compile(r"[\u4e00-\u9fa5][A-Z][A-Z0-9]{5,6}")
+_PHONE_IN_TEXT = re.compile(r"(?<!\d)(1[3-9]\d)\d{4}(\d{4})(?!\d)")
+
+
+def _mask_text(text: str) -> str:
+    """A message's text for the terminal: plates and phone numbers masked."""
+    return _PHONE_IN_TEXT.sub(r"\1****\2", _PLATE_IN_TEXT.sub(lambda m: _masked(m.group(0)), text))
 
 
 def _free_port() -> int:
@@ -209,7 +224,7 @@ class _Timeline:
             self.row(f"请缴费 {Money(e.amount_fen)}（订单 {e.order_id[:8]}…）", lane=e.lane or "", plate=e.plate, at=at,
                      style="yellow")
         elif isinstance(e, ev.PaymentSucceeded):
-            self.row(f"缴费成功 {Money(e.amount_fen)}（{'现金' if e.channel == 'cash' else e.channel}）", at=at,
+            self.row(f"缴费成功 {Money(e.amount_fen)}（{_CHANNEL_ZH.get(e.channel, e.channel)}）", at=at,
                      style="green")
         elif isinstance(e, ev.LotFull):
             self.row(f"车库已满（{e.occupied}/{e.capacity}）", at=at, style="bold red")
@@ -265,32 +280,43 @@ class _Demo:
         host, port = parse_address(self.broker_address)
         self.broker = ensure_broker(host, port)
         self._stack.append(self.broker.stop)
+        from .testing.wechatpay_sandbox import WeChatPaySandbox
+
+        self.wechat = WeChatPaySandbox().start()  # a loopback WeChat Pay with real signatures both ways
+        self._stack.append(self.wechat.stop)
         self.sim = GateSimulator("127.0.0.1", 0, [lane["id"] for lane in LANES], move_time_s=0.2,
                                  heartbeat_s=1.0, controller="demo-gate").start()
         self._stack.append(self.sim.stop)
         self.clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+        notify_plugins = self._start_message_sandboxes()
         http_port = _free_port()
         self.base = f"http://127.0.0.1:{http_port}"
+        run_id = os.urandom(4).hex()
         config = {
             "data_dir": str(self.folder / "data"),
             "lot": {"name": LOT_NAME, "capacity": CAPACITY, "timezone": "Asia/Shanghai", "lanes": LANES},
             "tariff": dict(TARIFF),
             "gate": {"public_url": self.base},
             "plugins": {
-                "enabled": ["storage_sqlite", "gate_tcp", "camera_hikvision", "service"],
+                "enabled": ["storage_sqlite", "gate_tcp", "camera_hikvision", "pay_wechat", "service"],
                 "storage_sqlite": {"path": "smartpark.db"},
+                "pay_wechat": self.wechat.plugin_settings(),  # gateway: the sandbox; notify: {public_url}/pay/...
                 "gate_tcp": {"controllers": [{"id": "demo-gate", "host": "127.0.0.1", "port": self.sim.port,
                                               "lanes": [lane["id"] for lane in LANES]}]},
                 "camera_hikvision": {
                     "cameras": [{"id": "cam-in-1", "lane": "in-1"}, {"id": "cam-out-1", "lane": "out-1"}],
                     # the demo clock jumps hours ahead: a silence watchdog would call the cameras offline
                     "offline_after_seconds": 0,
+                    # a run-unique topic prefix: other lots (or test runs) on a shared broker never cross in
                     "mqtt": {"enabled": True, "host": self.broker.host, "port": self.broker.port,
-                             "client_id": "smartpark-demo-" + os.urandom(4).hex()},
+                             "client_id": f"smartpark-demo-{run_id}",
+                             "topic": f"smartpark-demo-{run_id}/cameras/{{camera}}/events"},
                 },
                 "service": {"host": "127.0.0.1", "port": http_port},
+                **notify_plugins,
             },
         }
+        config["plugins"]["enabled"] += list(notify_plugins)
         self.app = bootstrap(config, overrides={"clock": self.clock})
         self._stack.append(self.app.close)
         self.tz = self.app.timezone
@@ -321,6 +347,10 @@ class _Demo:
                 f"MQTT 服务器 {host}:{port} 无法连接，已启动内置 MQTT 服务器 {self.broker.address}")
         tl.note(f"道闸控制器模拟器 TCP 127.0.0.1:{self.sim.port}，车道 in-1 入口、out-1 出口")
         tl.note(f"服务已启动 {self.base}（摄像机：cam-in-1 经 MQTT 转发，cam-out-1 经 HTTP 监听）")
+        tl.note(f"微信支付沙箱 {self.wechat.url}（真实 wechatpayv3 SDK，双向 RSA 签名；支付通知发往 "
+                f"{self.base}/pay/wechat/notify）")
+        tl.note(f"短信沙箱（阿里云 SendSms）{self.sms_sandbox.endpoint}、微信模板消息沙箱 {self.wechat_sandbox.base_url}："
+                "通知经真实客户端发出，收到即显示")
         tl.note(f"车位 {CAPACITY} 个；访客收费：{TARIFF['free_minutes']} 分钟内免费，每小时 {Money(TARIFF['unit_fee'])}；"
                 "演示时钟从当前时间开始，由脚本快进")
         tl.expect("摄像机 MQTT 转发已连接", self.recognizer.wait_ready(10.0), self.broker.address)
@@ -330,6 +360,57 @@ class _Demo:
         tl.expect("服务健康检查 /healthz", health.status_code == 200, f"HTTP {health.status_code}")
         self.token = create_token(self.app.store, self.clock, "demo-booth", actor="demo")
         tl.note("为演示创建岗亭接口令牌 demo-booth（只显示一次，只存哈希）")
+
+    def _start_message_sandboxes(self) -> dict[str, Any]:
+        """The loopback SMS and WeChat servers, and the plugin settings that point sms_aliyun/wechat_template at them
+        (secrets through environment variables of this process, as plugins.toml requires)."""
+        from .core.notify import KINDS
+        from .testing.aliyun_sms_sandbox import AliyunSmsSandbox
+        from .testing.wechat_api_sandbox import WeChatApiSandbox
+
+        self._messages: list[tuple[str, str, str, str]] = []  # (channel, masked address, out id, code)
+        self._messages_lock = threading.Lock()
+        self._messages_shown = 0
+
+        def got(channel: str, address: str, out_id: str, code: str) -> None:
+            with self._messages_lock:
+                self._messages.append((channel, address, out_id, code))
+
+        self.sms_sandbox = AliyunSmsSandbox(
+            on_accept=lambda m: got("短信", m.masked_phone, m.out_id, m.template_code)).start()
+        self._stack.append(self.sms_sandbox.stop)
+        self.wechat_sandbox = WeChatApiSandbox(
+            on_send=lambda m: got("微信", m.masked_openid, m.client_msg_id, m.template_id[:12])).start()
+        self._stack.append(self.wechat_sandbox.stop)
+        secrets = {_SMS_SECRET_ENV: self.sms_sandbox.access_key_secret, _WECHAT_SECRET_ENV: self.wechat_sandbox.secret}
+        os.environ.update(secrets)
+        self._stack.append(lambda: [os.environ.pop(k, None) for k in secrets])
+        return {
+            "sms_aliyun": {"access_key_id": self.sms_sandbox.access_key_id,
+                           "access_key_secret": {"env": _SMS_SECRET_ENV}, "sign_name": "阳光花园物业",
+                           "endpoint": self.sms_sandbox.endpoint, "protocol": "http",
+                           "templates": {k: f"SMS_4650000{i:02d}" for i, k in enumerate(KINDS, 1)}},
+            "wechat_template": {"appid": self.wechat_sandbox.appid, "secret": {"env": _WECHAT_SECRET_ENV},
+                                "base_url": self.wechat_sandbox.base_url,
+                                "templates": {k: f"DemoTemplate{i:02d}{k}"[:64] for i, k in enumerate(KINDS, 1)}},
+        }
+
+    def deliver(self) -> None:
+        """Send what the outbox holds (the service's worker may already have) and show what the sandboxes got."""
+        self.tl.flush()
+        try:
+            self.app.outbox_worker.run_until_idle()
+        except Exception:  # noqa: BLE001 - shown as missing messages; the log has the cause
+            logging.getLogger(__name__).exception("delivering the demo's notifications failed")
+        _wait(lambda: self.app.outbox_worker.pending() == 0, 3.0)
+        with self._messages_lock:
+            new = self._messages[self._messages_shown:]
+            self._messages_shown = len(self._messages)
+        for channel, address, out_id, code in new:
+            with self.app.store.unit_of_work() as uow:
+                m = uow.outbox.get(out_id)
+            text = _mask_text(m.text) if m is not None else code
+            self.tl.row(f"[{channel}] {address} 收到：{text}", style="magenta")
 
     def write_config(self) -> Path:
         """For ``--keep``: a plugins.toml beside the data, so ``smartpark -c DIR audit verify`` (or ``owner list``)
@@ -441,7 +522,7 @@ class _Demo:
 
     def visitor_pays(self) -> None:
         tl = self.tl
-        tl.section("③ 访客停车 2 小时 → 出口缴费 → 岗亭收现金 → 抬杆")
+        tl.section("③ 访客停车 2 小时 → 出口扫码微信支付 → 支付通知验签 → 抬杆 → 电子凭证")
         self.advance("2 小时", hours=2)
         mark, before = self.recorder.mark(), self.opens("out-1")
         d = self.read(self.cam_out, VISITOR["plate"], via="http")
@@ -456,24 +537,53 @@ class _Demo:
             return
         denied = self.http.post(f"/api/booth/orders/{due.order_id}/cash", json={})
         tl.expect("没有令牌的岗亭请求被拒绝", denied.status_code == 401, f"HTTP {denied.status_code}")
-        mark = self.recorder.mark()
-        tl.note(f"值班员收取现金 {Money(due.amount_fen)}（POST /api/booth/orders/{due.order_id[:8]}…/cash，Bearer 令牌）",
+        # the exit display asks the payment service for a WeChat Pay Native order: a new out_trade_no, a code_url
+        view = self.app.payments.pay_order(due.order_id, "wechat", actor=ACTOR)
+        tl.note(f"出口屏显示微信支付二维码（商户订单号 {view.out_trade_no}，{Money(view.amount_fen)}）",
                 lane="out-1", plate=_masked(VISITOR["plate"]))
-        reply = self.booth("POST", f"/orders/{due.order_id}/cash", json={})
-        body = reply.json() if reply.status_code == 200 else {}
-        self.recorder.wait(mark, ev.VehicleExited, timeout=2.0)
+        self.console.print(Text(_qr_text(view.code_url)))
+        tl.expect("微信支付下单成功（SDK 签名请求，沙箱签名应答已验证）",
+                  view.state == "paying" and view.code_url.startswith("weixin://wxpay/"), view.code_url)
+        # the payer scans and pays in the sandbox; WeChat Pay signs the notification and POSTs it to the service.
+        # (Signed at the demo clock's time: the channel refuses notifications signed far from our clock.)
+        mark = self.recorder.mark()
+        tl.note("访客用微信扫码并支付（微信支付沙箱）→ 微信支付回调 POST /pay/wechat/notify",
+                lane="out-1", plate=_masked(VISITOR["plate"]))
+        self.wechat.pay(view.out_trade_no)
+        headers, body = self.wechat.notification(view.out_trade_no, timestamp=int(self.clock.now().timestamp()))
+        delivery = self.wechat.deliver(headers, body, self.base + "/pay/wechat/notify")
+        tl.expect("支付通知验签、解密、核对金额后应答 200 SUCCESS",
+                  delivery.status == 200 and b'"SUCCESS"' in delivery.body, f"HTTP {delivery.status}")
+        self.recorder.wait(mark, ev.VehicleExited, timeout=3.0)
+        _wait(lambda: self.opens("out-1") == before + 1, 3.0)
         tl.flush()
-        tl.expect("现金缴费后出口抬杆", reply.status_code == 200 and body.get("paid") is True
-                  and body.get("gate_opened") is True and self.opens("out-1") == before + 1,
-                  f"HTTP {reply.status_code}")
+        paid = self.app.payments.status(view.out_trade_no)
+        tl.expect("微信支付成功后出口抬杆", paid.state == "paid" and self.opens("out-1") == before + 1,
+                  f"交易单号 {paid.transaction_id}")
+        again = self.wechat.deliver(*self.wechat.notification(view.out_trade_no,
+                                                              timestamp=int(self.clock.now().timestamp())),
+                                    self.base + "/pay/wechat/notify")
+        tl.expect("微信支付重发的通知只应答、不重复入账", again.status == 200
+                  and self.app.payments.status(view.out_trade_no).state == "paid"
+                  and self.opens("out-1") == before + 1)
+        receipts = getattr(self.app, "receipts", None)
+        if receipts is not None:
+            receipt = receipts.for_order(due.order_id)
+            text = "\n".join(f"{label}：{value}" for label, value in receipt.lines())
+        else:  # no receipt service: the order and the transaction
+            text = (f"订单 {due.order_id}\n金额 {Money(paid.amount_fen)}\n支付方式 微信支付\n"
+                    f"交易单号 {paid.transaction_id}\n商户订单号 {paid.out_trade_no}")
+        self.console.print(Panel(Text(text), title="电子缴费凭证", expand=False))
+        tl.expect("电子缴费凭证", str(Money(expected)) in text and (paid.transaction_id or "-") in text)
 
     def lot_fills(self) -> None:
         tl, app = self.tl, self.app
         tl.section(f"④ 车库满位（{CAPACITY} 个车位）")
-        for name in ("李娜", "王强"):
+        for name, extra in (("李娜", {"lot_full_opt_out": True}), ("王强", {"wechat_openid": DEMO_OPENID})):
             info = OWNERS[name]
             app.residents.register_owner(name=name, id_number=info["id_number"], phone=info["phone"],
-                                         plates=info["plates"], actor=ACTOR)
+                                         plates=info["plates"], actor=ACTOR, **extra)
+        tl.note("李娜 选择不接收「车库已满」通知；王强 已关注物业公众号（微信模板消息）")
         mark = self.recorder.mark()
         for plate in ("京A12345", "沪B67890", "苏E2M567"):
             self.advance("2 分钟", minutes=2)
@@ -483,6 +593,17 @@ class _Demo:
         full = self.recorder.wait(mark, ev.LotFull, timeout=2.0)
         tl.expect("第 3 辆车入场后：车库已满", full is not None and full.occupied == CAPACITY,
                   f"LotFull {full.occupied}/{full.capacity}" if full else "没有 LotFull")
+        # The service fans "车库已满" out to owners in a job every 5 s (not in the transaction of the car that
+        # filled the lot); the demo's clock is simulated, so it runs that job now.
+        app.notifications.expand_lot_full()
+        self.deliver()
+        with app.store.unit_of_work() as uow:
+            told = {m.recipient_id: m.channel for m in uow.outbox.list(kind="lot_full")}
+            owners = {str(o.name): o.id for o in uow.owners.list()}
+        want = {owners["张伟"]: "sms", owners["王强"]: "wechat"}
+        tl.expect("「车库已满」通知每位业主一次（退订者除外）", told == want,
+                  f"短信 {sum(c == 'sms' for c in told.values())} 条、微信 {sum(c == 'wechat' for c in told.values())} 条，"
+                  f"李娜 已退订")
         self.advance("3 分钟", minutes=3)
         before = self.opens("in-1")
         mark = self.recorder.mark()
@@ -548,6 +669,13 @@ class _Demo:
         visitors = sum(1 for e in events if isinstance(e, ev.VisitorRegistered))
         result = self.app.audit.verify()
         tl.expect("审计日志哈希链校验", result.ok, f"{result.checked} 条" if result.ok else result.reason_zh)
+        with self.app.store.unit_of_work() as uow:
+            outbox = uow.outbox.count_by_state()
+        with self._messages_lock:
+            received = [c for c, *_ in self._messages]
+        notified = f"短信 {received.count('短信')} 条、微信 {received.count('微信')} 条"
+        tl.expect("通知全部送达，每条只发一次（短信、微信沙箱收到）",
+                  bool(received) and outbox.get("sent", 0) == len(received) == sum(outbox.values()), notified)
         failed = tl.failed
         ok = not failed and not error
         reads = self.counts["mqtt"] + self.counts["http"]
@@ -559,6 +687,7 @@ class _Demo:
             f"道闸开闸：{len(self.sim.executed('open'))} 次（道闸控制器经 TCP 收到并执行）",
             f"登记：业主 {owners} 位，访客 {visitors} 位",
             f"收入：{Money(sum(p.amount_fen for p in paid))}（{len(paid)} 笔）",
+            f"通知：{notified}（经真实客户端发往本机沙箱）",
             "审计日志：" + (f"哈希链完整，共 {result.checked} 条" if result.ok else f"校验失败：{result.reason_zh}"),
             "MQTT：" + (f"已配置的服务器 {self.broker.address}" if self.broker.embedded is None
                         else f"内置 MQTT 服务器 {self.broker.address}（{self.broker_address} 无法连接）"),
@@ -572,6 +701,19 @@ class _Demo:
         self.console.print(Panel(Text("\n".join(lines)), title="演示小结 " + ("✓" if ok else "✗"),
                                  border_style="green" if ok else "red", expand=False))
         return ok
+
+
+def _qr_text(data: str) -> str:
+    """A QR code as text for the terminal (segno, half-block characters); the URL alone without segno."""
+    try:
+        import io
+
+        import segno
+    except ImportError:
+        return data
+    buffer = io.StringIO()
+    segno.make(data, error="m").terminal(out=buffer, compact=True)
+    return buffer.getvalue() + data
 
 
 def _wait(pred: Callable[[], bool], timeout: float) -> bool:
@@ -631,6 +773,7 @@ def run_demo(*, keep: Path | None = None, broker: str | None = None, console: Co
             except Exception as e:  # noqa: BLE001 - a broken step is a failed expectation; go on with the day
                 logging.getLogger(__name__).exception("demo step %s failed", step.__name__)
                 demo.tl.expect(f"步骤 {step.__name__} 意外中断", False, f"{type(e).__name__}: {e}")
+            demo.deliver()
         if keep is not None:
             demo.write_config()
         ok = demo.summary(keep is not None)

@@ -4,7 +4,9 @@ Works on the Store port only, so it copies between any two stores (SQLite → Po
 must be empty: a second run over the same target is refused. Both stores use the same data key ring, so values
 are re-encrypted for their new place and blind indexes match; the audit log is re-appended record by record,
 which — same key, same records, same order — rebuilds exactly the same hash chain (checked: the target's last
-hash must equal the source's). Then the counts are compared kind by kind.
+hash must equal the source's). Then the counts are compared kind by kind. Payment attempts, refunds, the provider
+callbacks already applied and outbox messages (addresses re-encrypted for their new row) are copied as they are,
+versions included.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def _snapshot(uow: Any) -> dict[str, list[Any]]:
         "decisions": list(reversed(uow.decisions.recent(None, _ALL))),
         "blocklist": uow.blocklist.list(),
         "devices": uow.devices.list(),
+        "payments": uow.payments.find(limit=_ALL),  # oldest first
+        "refunds": uow.payments.refunds_between(_EPOCH, _FAR, _ALL),
+        "payment_notifications": uow.payments.notifications(),  # in recording order
+        "outbox": list(reversed(uow.outbox.list(limit=_ALL))),
         "audit": list(uow.audit.entries()),
     }
 
@@ -63,17 +69,22 @@ def migrate_store(source: Any, target: Any, *, progress: Callable[[str, int], No
         data = _snapshot(uow)
         full = uow.lot.get("full")
     with target.unit_of_work() as uow:
-        if uow.owners.count() or uow.visitors.count() or next(iter(uow.audit.entries()), None) is not None:
+        if (uow.owners.count() or uow.visitors.count() or next(iter(uow.audit.entries()), None) is not None
+                or uow.payments.find(limit=1) or uow.outbox.count_by_state()):
             raise ConfigError("目标数据库不是空的：迁移只能写入一个新的空库（不会重复迁移）",
                               "the target store is not empty: migrate only into a new, empty store (no second run)")
         for kind, add in (("owners", uow.owners.add), ("visitors", uow.visitors.add),
                           ("announcements", uow.announcements.add), ("ledger", uow.ledger.append),
                           ("sessions", uow.sessions.add), ("orders", uow.orders.add),
                           ("decisions", uow.decisions.append), ("blocklist", uow.blocklist.add),
-                          ("devices", uow.devices.upsert)):
+                          ("devices", uow.devices.upsert), ("payments", uow.payments.add),
+                          ("refunds", uow.payments.add_refund), ("outbox", uow.outbox.add)):
             for item in data[kind]:
                 add(item)
             say(kind, len(data[kind]))
+        for channel, notify_id, out_trade_no, at in data["payment_notifications"]:
+            uow.payments.record_notification(channel, notify_id, out_trade_no, at)
+        say("payment_notifications", len(data["payment_notifications"]))
         for e in data["audit"]:
             uow.audit.append(at=e.at, actor=e.actor, action=e.action, subject=e.subject, details=e.details)
         say("audit", len(data["audit"]))

@@ -84,6 +84,7 @@ class BalanceChanged(Event):
     delta_fen: int
     balance_fen: int
     kind: str
+    ref: str = ""  # the ledger entry's idempotency key (e.g. "stay:<session>")
 
 
 @attrs.frozen(kw_only=True)
@@ -184,6 +185,30 @@ class PaymentSucceeded(Event):
     amount_fen: int
     channel: str
     holder_id: str | None
+
+
+@attrs.frozen(kw_only=True)
+class TopUpSucceeded(Event):
+    """An owner's online top-up arrived; the balance was credited in the same transaction."""
+
+    owner_id: str
+    amount_fen: int
+    channel: str
+    out_trade_no: str
+
+
+@attrs.frozen(kw_only=True)
+class PaymentRefunded(Event):
+    """A refund was requested at the channel (by an attendant, or automatically for a second payment)."""
+
+    out_trade_no: str
+    out_refund_no: str
+    channel: str
+    amount_fen: int
+    order_id: str | None
+    owner_id: str | None
+    reason: str
+    automatic: bool
 
 
 @attrs.frozen(kw_only=True)

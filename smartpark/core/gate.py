@@ -259,6 +259,10 @@ class ParkingService:
         if lane is None:
             return self._held_in(uow, now, read.lane, "in", read, "unknown_lane",
                                  f"未配置的车道 {read.lane}，请检查摄像机设置", actor, events)
+        if read.event_id:
+            earlier = uow.decisions.first_for_read(lane.id, read.event_id)
+            if earlier is not None:
+                return self._read_again(uow, lane, read, earlier, now, events, actor=actor)
         if read.plate is None or read.confidence < self.rules.min_confidence:
             events.append(ev.ReadNeedsConfirmation(at=now, lane=lane.id, raw_text=_mask_raw(read.raw_text),
                                                    confidence=read.confidence, picture=read.picture))
@@ -273,6 +277,22 @@ class ParkingService:
             return self._entry_in(uow, lane, read.plate, read.raw_text, now, events, actor=actor,
                                   event_id=read.event_id)
         return self._exit_in(uow, lane, read.plate, read.raw_text, now, events, actor=actor, event_id=read.event_id)
+
+    def _read_again(self, uow: Any, lane: Lane, read: Any, earlier: Decision, now: datetime,
+                    events: list[ev.Event], *, actor: str) -> _Step:
+        """A read event that was decided before, delivered again: by another service instance (a relay resend
+        that the other instance took), or late, from a broker session after a crash. It never makes a second
+        stay or a second exit. The gate opens again only when the first decision opened it within the repeat
+        window (the car may still be waiting: the command may have died with the instance that made it);
+        otherwise the delivery is recorded and ignored."""
+        shown = read.plate.masked if read.plate is not None else "车辆"
+        if earlier.outcome == Outcome.OPEN and now - earlier.at <= self.rules.repeat_window:
+            d = self._decide(uow, now, lane, read.plate, read.raw_text, Outcome.OPEN, "repeat_read",
+                             f"{shown} 重复识别，再次抬杆", actor=actor, event_id=read.event_id)
+            return _Step(d, events, True)
+        d = self._decide(uow, now, lane, read.plate, read.raw_text, Outcome.IGNORE, "repeat_event",
+                         f"{shown} 的识别事件已处理过，忽略", actor=actor, event_id=read.event_id)
+        return _Step(d, events, False)
 
     @staticmethod
     def _held_in(uow: Any, now: datetime, lane: str, direction: str, read: Any, reason: str, message: str,
@@ -453,7 +473,7 @@ class ParkingService:
         last = max(o.paid_at for o in paid if o.paid_at is not None)
         return now <= last + self.tariffs.visitor.grace
 
-    def _order_for(self, uow: Any, session: ParkingSession, amount: int, lane: str, now: datetime, actor: str,
+    def _order_for(self, uow: Any, session: ParkingSession, amount: int, lane: str | None, now: datetime, actor: str,
                    events: list[ev.Event]) -> Order:
         """The open order for what is owed now: reused if the amount still fits, replaced if the stay grew."""
         for o in uow.orders.for_session(session.id):
@@ -509,9 +529,16 @@ class ParkingService:
 
     def _exit_without_session(self, uow: Any, now: datetime, lane: Lane, plate: Plate, raw: str, actor: str,
                               event_id: str | None, events: list[ev.Event]) -> _Step:
-        last = next(iter(uow.decisions.recent(lane=lane.id, limit=5)), None)
+        # the lane's last decision, not counting a failed gate command for this very car (it is still waiting)
+        last = next((d for d in uow.decisions.recent(lane=lane.id, limit=5)
+                     if not (d.reason == "gate_failed" and d.plate == plate)), None)
+        window = self.rules.repeat_window
+        if last is not None and last.reason.startswith("paid"):
+            # paid, and the barrier never rose for it (a gate failure, a crash before the command): the car may
+            # still be waiting there for the whole grace window it paid for
+            window = max(window, self.tariffs.visitor.grace)
         if (last is not None and last.plate == plate and last.outcome is Outcome.OPEN
-                and now - last.at <= self.rules.repeat_window):
+                and now - last.at <= window):
             d = self._decide(uow, now, lane, plate, raw, Outcome.OPEN, "repeat_read",
                              f"{plate.masked} 重复识别，再次抬杆", actor=actor, event_id=event_id,
                              session=None)
@@ -559,17 +586,68 @@ class ParkingService:
                 self._bus.stage(uow, step.events)
         return self._complete(step) if step else None
 
+    def apply_order_payment(self, uow: Any, order_id: str, *, channel: str, actor: str, transaction_id: str = "",
+                            amount_fen: int | None = None, out_trade_no: str | None = None) -> PaidStep | None:
+        """The order-paid step inside the caller's unit of work (the payment service's callback transaction):
+        the order becomes PAID and, if its car waits at the exit lane, the stay ends and an OPEN decision is
+        recorded -- all committed together with the caller's payment record. ``None`` if the order was already
+        paid. The caller stages the step's events in ``uow`` and calls :meth:`complete_payment` after commit."""
+        step = self._order_paid_in(uow, order_id, self._clock.now(), channel=channel, actor=actor,
+                                   transaction_id=transaction_id, amount_fen=amount_fen, out_trade_no=out_trade_no)
+        return PaidStep(step) if step is not None else None
+
+    def complete_payment(self, step: PaidStep | None) -> Decision | None:
+        """After the commit of :meth:`apply_order_payment`: tell the gate (on the lane's worker when the service
+        runs them, so a provider's callback is answered without waiting for the barrier) and publish."""
+        if step is None:
+            return None
+        self._local.background = self._gate_runner is not None
+        try:
+            return self._complete(step.step)
+        finally:
+            self._local.background = False
+
+    def prepay_order(self, plate: str | Plate, *, actor: str) -> Order:
+        """场内预付: an order for what a visitor's stay costs so far, not tied to an exit lane (the visitor page).
+
+        Reuses an open order of the stay when it still fits (same amount, or a payment is under way); raises
+        ``Conflict`` when nothing is owed (free time, or already paid), ``ValidationError`` for an owner's car."""
+        p = plate if isinstance(plate, Plate) else Plate.parse(plate)
+        now = self._clock.now()
+        with self._store.unit_of_work() as uow:
+            session = uow.sessions.open_by_plate(p)
+            if session is None:
+                raise NotFound(f"没有找到 {p.masked} 的在场记录", f"no open stay for {p.masked}")
+            if session.holder_kind is HolderKind.OWNER:
+                raise ValidationError("业主车辆离场时自动从余额扣费，无需预付",
+                                      "owners' stays are charged to their balance at the exit", field="plate")
+            fee = self.tariffs.visitor.fee(session.entered_at, now)
+            orders = uow.orders.for_session(session.id)
+            owed = fee - sum(o.amount_fen for o in orders if o.state is OrderState.PAID)
+            if owed <= 0:
+                raise Conflict(f"{p.masked} 当前无需缴费", f"nothing is owed for {p.masked} now")
+            events: list[ev.Event] = []
+            for o in orders:
+                if o.is_open and (o.amount_fen == owed or o.state is OrderState.PAYING):
+                    return o
+            order = self._order_for(uow, session, owed, None, now, actor, events)
+            self._bus.stage(uow, events)
+        self._bus.publish(events)
+        return order
+
     def _order_paid_in(self, uow: Any, order_id: str, now: datetime, *, channel: str, actor: str,
-                       transaction_id: str, amount_fen: int | None) -> _Step | None:
+                       transaction_id: str, amount_fen: int | None, out_trade_no: str | None = None) -> _Step | None:
         order = uow.orders.get(order_id)
         if order is None:
             raise NotFound(f"找不到订单 {order_id}", f"no order {order_id}")
         if order.state is OrderState.PAID:
             return None
-        order._mark_paid(channel=channel, at=now, actor=actor, transaction_id=transaction_id, amount_fen=amount_fen)
+        order._mark_paid(channel=channel, at=now, actor=actor, transaction_id=transaction_id, amount_fen=amount_fen,
+                         out_trade_no=out_trade_no)
         uow.orders.save(order)
         uow.audit.append(at=now, actor=actor, action="order.paid", subject=f"order:{order.id}",
-                         details={"channel": channel, "amount_fen": order.amount_fen, "transaction_id": transaction_id})
+                         details={"channel": channel, "amount_fen": order.amount_fen, "transaction_id": transaction_id,
+                                  "out_trade_no": out_trade_no})
         session = uow.sessions.get(order.session_id)
         events: list[ev.Event] = [ev.PaymentSucceeded(at=now, order_id=order.id, session_id=order.session_id,
                                                       amount_fen=order.amount_fen, channel=channel,
@@ -757,6 +835,21 @@ class _Step:
     decision: Decision | None
     events: list[ev.Event]
     open_gate: bool
+
+
+@attrs.frozen
+class PaidStep:
+    """What :meth:`ParkingService.apply_order_payment` leaves to do after the caller's commit."""
+
+    step: _Step
+
+    @property
+    def events(self) -> list[ev.Event]:
+        return self.step.events
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.step.decision
 
 
 @attrs.frozen(kw_only=True)

@@ -179,13 +179,35 @@ class Order:
         self._channel, self._out_trade_no = channel, out_trade_no
 
     def _mark_paid(self, *, channel: str, at: datetime, actor: str, transaction_id: str = "",
-                   amount_fen: int | None = None) -> None:
+                   amount_fen: int | None = None, out_trade_no: str | None = None) -> None:
         if amount_fen is not None and amount_fen != self._amount_fen:
             raise ValidationError(f"支付金额 {amount_fen} 分与订单金额 {self._amount_fen} 分不符",
                                   f"paid {amount_fen} fen but the order is for {self._amount_fen} fen",
                                   field="amount_fen")
-        self._move(OrderState.PAID, at=at, actor=actor, channel=channel, transaction_id=transaction_id)
+        detail: dict[str, Any] = {"channel": channel, "transaction_id": transaction_id}
+        if out_trade_no:
+            detail["out_trade_no"] = out_trade_no
+        self._move(OrderState.PAID, at=at, actor=actor, **detail)
         self._channel, self._transaction_id, self._paid_at = channel, transaction_id or None, at
+        if out_trade_no:
+            self._out_trade_no = out_trade_no
+
+    def _add_refund(self, amount_fen: int, *, at: datetime, actor: str, out_refund_no: str, reason: str) -> None:
+        """Record a refund of a paid order: a partial one keeps it PAID (``refunded_fen`` grows, the transition
+        is recorded paid -> paid), the last fen moves it to REFUNDED."""
+        if self._state is not OrderState.PAID:
+            raise Conflict(f"订单状态为「{self._state.value}」，不能退款", f"order {self._id} is {self._state.value}")
+        if amount_fen <= 0 or self._refunded_fen + amount_fen > self._amount_fen:
+            raise ValidationError(f"退款金额 {amount_fen} 分超出可退金额 {self._amount_fen - self._refunded_fen} 分",
+                                  f"refund of {amount_fen} fen exceeds what is left of order {self._id}",
+                                  field="amount_fen")
+        self._refunded_fen += amount_fen
+        detail = {"refund_fen": amount_fen, "refunded_fen": self._refunded_fen, "out_refund_no": out_refund_no,
+                  "reason": reason}
+        if self._refunded_fen == self._amount_fen:
+            self._move(OrderState.REFUNDED, at=at, actor=actor, **detail)
+        else:
+            self._transitions += (OrderTransition(at, self._state.value, self._state.value, actor, detail),)
 
     def _close(self, *, at: datetime, actor: str, reason: str) -> None:
         self._move(OrderState.CLOSED, at=at, actor=actor, reason=reason)

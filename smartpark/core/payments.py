@@ -107,6 +107,10 @@ class PaymentAttempt:
         self._move(AttemptState.PAID)
         self._transaction_id, self._paid_at = transaction_id or None, at
 
+    def _set_code_url(self, code_url: str) -> None:
+        """What the channel returned for the payer to open (the QR content); set once the provider created it."""
+        self._code_url = code_url
+
     def _close(self, *, reason: str) -> None:
         self._move(AttemptState.CLOSED)
         self._closed_reason = reason

@@ -618,7 +618,7 @@ def post_ledger(uow: Any, owner: Owner, delta: Money, *, kind: str, ref: str, at
     uow.audit.append(at=at, actor=actor, action=f"balance.{kind}", subject=f"owner:{owner.id}",
                      details={"delta_fen": delta.fen, "balance_fen": entry.balance_after.fen, "ref": ref})
     return entry, ev.BalanceChanged(at=at, owner_id=owner.id, delta_fen=delta.fen,
-                                    balance_fen=entry.balance_after.fen, kind=kind)
+                                    balance_fen=entry.balance_after.fen, kind=kind, ref=ref)
 
 
 class BalanceService(_Service):
@@ -642,6 +642,7 @@ class BalanceService(_Service):
             if owner is None:
                 raise NotFound(f"找不到编号为 {owner_id} 的业主", f"no owner with id {owner_id}")
             entry, event = post_ledger(uow, owner, delta, kind=kind, ref=ref, at=now, actor=actor, note=note)
+            self._bus.stage(uow, [event])
         self._bus.publish([event])
         return entry
 

@@ -211,6 +211,11 @@ class PaymentRepository(Protocol):
         """Remember a provider callback; ``False`` (nothing written) if ``(channel, notify_id)`` was seen."""
         ...
 
+    def notifications(self) -> list[tuple[str, str, str, datetime]]:
+        """Every recorded callback as ``(channel, notify_id, out_trade_no, at)``, in recording order
+        (``smartpark migrate`` copies them)."""
+        ...
+
     def add_refund(self, refund: Refund) -> None:
         """Insert; raises ``Conflict`` if the ``out_refund_no`` exists."""
         ...
@@ -271,6 +276,11 @@ class DecisionLog(Protocol):
 
     def recent(self, lane: str | None = None, limit: int = 50) -> list[Decision]:
         """Newest first."""
+        ...
+
+    def first_for_read(self, lane: str, read_event_id: str) -> Decision | None:
+        """The first decision recorded for the device read event ``read_event_id`` at ``lane`` (indexed): a read
+        delivered again -- by another service instance, or late, from a broker session -- is not a new read."""
         ...
 
     def count_between(self, since: datetime, until: datetime, *, direction: str | None = None,

@@ -19,7 +19,11 @@ It speaks the RPC protocol the real SDK (``alibabacloud-dysmsapi20170525`` 4.6.0
 
 Scripting: :meth:`AliyunSmsSandbox.fail_next` (the next n SendSms calls answer a code), :meth:`answer_next` (they
 answer a given body, such as a captured reply), :meth:`set_number_rule`
-(one number always answers a code), :meth:`delay` / :meth:`hang` (answer late, or not until stopped: timeouts).
+(one number always answers a code), :meth:`delay` / :meth:`hang` (answer late, or not until stopped: timeouts),
+:meth:`stall_after_record` / :meth:`stall_before_record` (stall a send after or before its message is recorded: a
+client killed mid-send).
+QuerySendDetails (signature-checked the same way) lists the accepted messages of one number and day with their
+``OutId`` (SendStatus 3, delivered), so a client can find out whether an unanswered send went out.
 A delayed request is still carried out once the delay is over, as Aliyun would: a client that timed out cannot know
 whether its message went out. :attr:`accepted` lists the accepted messages, one per phone number.
 
@@ -52,6 +56,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
+from zoneinfo import ZoneInfo
 
 from .loopback import LoopbackHTTPServer, serve, shut
 
@@ -63,6 +68,7 @@ HOST_ID = "dysmsapi.aliyuncs.com"
 MOBILE = re.compile(r"(?:\+86|0086|86|\+)?(1[3-9]\d{9})")
 MAX_NUMBERS = 1000
 CLOCK_SKEW_S = 15 * 60
+_BEIJING = ZoneInfo("Asia/Shanghai")  # Aliyun's SendDate is a Beijing date
 DEFAULT_SECRET_ENV = "SMARTPARK_ALIYUN_SMS_SECRET"
 
 #: Known codes: HTTP status and the message Aliyun answers with. Business results are HTTP 200.
@@ -191,6 +197,13 @@ class AliyunSmsSandbox:
         self._biz = itertools.count(random.randrange(10**17, 9 * 10**17))
         self._accepted: list[SandboxSms] = []
         self._replies: list[tuple[str, str]] = []  # (Code, signature method) of every SendSms answered
+        self._stall_skip = 0
+        self._stall_left = 0
+        self._stall_mode = "after"
+        self._release = threading.Event()
+        #: Set when a SendSms recorded its message and stalled (see :meth:`stall_after_record`).
+        self.stalled = threading.Event()
+        self.queries = 0  # QuerySendDetails calls answered
         self.requests = 0  # HTTP requests received
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -275,9 +288,34 @@ class AliyunSmsSandbox:
         """Do not answer the next ``n`` requests until the sandbox stops (timeout tests)."""
         self.delay(float("inf"), n)
 
+    def stall_after_record(self, n: int = 1, *, skip: int = 0) -> None:
+        """After ``skip`` more accepted SendSms calls, the next ``n`` record their message (it counts as sent, as
+        Aliyun would have sent it) and then do not answer until :meth:`release` or :meth:`stop`: the client
+        cannot know the outcome -- the crash test kills the client meanwhile. :attr:`stalled` is set then."""
+        self._set_stall(n, skip, "after")
+
+    def stall_before_record(self, n: int = 1, *, skip: int = 0) -> None:
+        """Like :meth:`stall_after_record`, but the next ``n`` valid SendSms calls (after ``skip``) stall *before*
+        their message is recorded, and are dropped unanswered on :meth:`release`: the message never went out
+        (the client died, or its request was lost, before Aliyun took it)."""
+        self._set_stall(n, skip, "before")
+
+    def _set_stall(self, n: int, skip: int, mode: str) -> None:
+        with self._lock:
+            self._stall_skip, self._stall_left, self._stall_mode = skip, n, mode
+            self._release.clear()
+            self.stalled.clear()
+
+    def release(self) -> None:
+        """Let stalled SendSms calls go on: after recording they answer OK; before recording they are dropped."""
+        self._release.set()
+
     def reset(self) -> None:
         """Forget scripted failures, rules, delays and recorded messages."""
         with self._lock:
+            self._stall_skip = self._stall_left = 0
+            self._release.set()
+            self.stalled.clear()
             self._script.clear()
             self._number_rules.clear()
             self._delays.clear()
@@ -323,10 +361,12 @@ class AliyunSmsSandbox:
         request_id = str(uuid.uuid4()).upper()
         try:
             params, action, version, sig_method = self._authenticate(method, target, headers, body)
-            if action != "SendSms":
+            if action not in ("SendSms", "QuerySendDetails"):
                 raise _Refused("InvalidAction.NotFound")
             if version != API_VERSION:
                 raise _Refused("InvalidVersion")
+            if action == "QuerySendDetails":
+                return self._query_send_details(params, request_id)
             return self._send_sms(params, sig_method, request_id)
         except _Refused as r:
             reply = {"RequestId": request_id, "Message": r.message, "Code": r.code}
@@ -432,6 +472,8 @@ class AliyunSmsSandbox:
             with self._lock:
                 self._replies.append((str(canned.body.get("Code")), sig_method))
             return canned
+        if self._maybe_stall("before"):
+            raise ConnectionAbortedError("dropped before it was recorded")
         biz_id = str(canned.body.get("BizId", "")) if canned is not None else f"{next(self._biz)}^0"
         request_id = str(canned.body.get("RequestId", request_id)) if canned is not None else request_id
         sms = [SandboxSms(phone=p, sign_name=sign_name, template_code=template_code, params=dict(values),
@@ -443,9 +485,57 @@ class AliyunSmsSandbox:
         if self.on_accept is not None:
             for s in sms:
                 self.on_accept(s)
+        self._maybe_stall("after")
         if canned is not None:
             return canned
         return _Reply(200, {"Message": "OK", "RequestId": request_id, "BizId": biz_id, "Code": "OK"})
+
+    def _maybe_stall(self, where: str) -> bool:
+        """Stall here if a stall is due at ``where`` ("before"/"after" recording); ``True`` if it stalled."""
+        with self._lock:
+            if self._stall_left <= 0 or self._stall_mode != where:
+                return False
+            if self._stall_skip > 0:
+                self._stall_skip -= 1
+                return False
+            self._stall_left -= 1
+        self.stalled.set()
+        while not self._release.wait(0.05):
+            if self._stopping.is_set():
+                raise ConnectionAbortedError("sandbox stopped")
+        return True
+
+    def _query_send_details(self, params: dict[str, str], request_id: str) -> _Reply:
+        """QuerySendDetails: the messages sent to one number on one (Beijing) day, newest first, one page."""
+        for name in ("PhoneNumber", "SendDate", "PageSize", "CurrentPage"):
+            if not params.get(name):
+                raise _Refused(f"Missing{name}", f"{name} is mandatory for this action.", 400)
+        m = MOBILE.fullmatch(params["PhoneNumber"].strip())
+        if m is None:
+            raise _Refused("isv.MOBILE_NUMBER_ILLEGAL")
+        if not re.fullmatch(r"\d{8}", params["SendDate"]):
+            raise _Refused("isv.INVALID_PARAMETERS", "SendDate must be yyyyMMdd")
+        try:
+            size, page = int(params["PageSize"]), int(params["CurrentPage"])
+        except ValueError:
+            raise _Refused("isv.INVALID_PARAMETERS", "PageSize and CurrentPage are numbers")
+        if not 1 <= size <= 50 or page < 1:
+            raise _Refused("isv.INVALID_PARAMETERS", "PageSize is 1..50, CurrentPage from 1")
+        biz_id = params.get("BizId", "")
+        with self._lock:
+            self.queries += 1
+            found = [s for s in self._accepted if s.phone == m.group(1)
+                     and datetime.fromtimestamp(s.at, _BEIJING).strftime("%Y%m%d") == params["SendDate"]
+                     and (not biz_id or s.biz_id == biz_id)]
+        found.reverse()
+        rows = [{
+            "PhoneNum": s.phone, "SendStatus": 3, "ErrCode": "DELIVERED", "TemplateCode": s.template_code,
+            "Content": f"【{s.sign_name}】" + json.dumps(s.params, ensure_ascii=False), "OutId": s.out_id,
+            "SendDate": datetime.fromtimestamp(s.at, _BEIJING).strftime("%Y-%m-%d %H:%M:%S"),
+            "ReceiveDate": datetime.fromtimestamp(s.at, _BEIJING).strftime("%Y-%m-%d %H:%M:%S"),
+        } for s in found[(page - 1) * size: page * size]]
+        return _Reply(200, {"Code": "OK", "Message": "OK", "RequestId": request_id, "TotalCount": len(found),
+                            "SmsSendDetailDTOs": {"SmsSendDetailDTO": rows}})
 
     def _check_send(self, params: dict[str, str]) -> tuple[list[str], str, str, dict[str, str], _Reply | None]:
         for name in ("PhoneNumbers", "SignName", "TemplateCode"):

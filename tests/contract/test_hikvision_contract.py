@@ -216,6 +216,16 @@ class HikvisionAdapterTests(unittest.TestCase):
         post(self.rec, "cam-in-1", "application/xml", first)  # a retransmission of an old event: still a duplicate
         self.assertEqual(len(self.sink.reads), 3)
 
+    def test_a_backlog_of_visits_minutes_apart_is_not_merged_by_the_window(self):
+        # a persistent MQTT session redelivers what queued while the service was down: in a burst, but the
+        # event times tell two visits of one car (in, out, in again four minutes later) apart
+        early = (self.clock.now() - timedelta(minutes=5)).astimezone(SHANGHAI).isoformat()
+        later = (self.clock.now() - timedelta(minutes=1)).astimezone(SHANGHAI).isoformat()
+        post(self.rec, "cam-in-1", "application/xml", self.xml(event_id="B1", at=early))
+        post(self.rec, "cam-in-1", "application/xml", self.xml(event_id="B2", at=later))
+        post(self.rec, "cam-in-1", "application/xml", self.xml(event_id="B3", at=later))  # read again at once
+        self.assertEqual([r.event_id for r in self.sink.reads], ["B1", "B2"])
+
     def test_unreadable_plates_are_not_merged(self):
         for _ in range(3):
             post(self.rec, "cam-in-1", "application/xml", self.xml("无车牌", color=None, confidence=0))

@@ -68,7 +68,9 @@ class DemoTest(unittest.TestCase):
         # the day, as the timeline tells it (plates masked)
         for line in ("业主车辆：识别后直接抬杆，无需停车", "车道屏出现登记链接", "访客手机打开登记页面",
                      "登记成功，道闸打开", "免费停车 15 分钟", "演示时钟快进 2 小时", "应缴 ¥6.00",
-                     "现金缴费后出口抬杆", "车库已满（3/3）", "满位时外来车辆被拒绝", "车库有空位（2/3）",
+                     "出口屏显示微信支付二维码", "weixin://wxpay/bizpayurl?pr=",
+                     "支付通知验签、解密、核对金额后应答 200 SUCCESS", "微信支付成功后出口抬杆",
+                     "缴费成功 ¥6.00（微信支付）", "微信支付重发的通知只应答、不重复入账", "电子缴费凭证", "车库已满（3/3）", "满位时外来车辆被拒绝", "车库有空位（2/3）",
                      "畸形报文被拒绝（HTTP 400）", "重发的事件被识别为重复", "道闸控制器经 TCP 收到「open」指令"):
             self.assertIn(line, out)
         self.assertNotIn("粤B12345", out, "a full plate was printed")

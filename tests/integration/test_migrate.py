@@ -8,6 +8,8 @@ from datetime import timedelta
 
 from smartpark.bootstrap import bootstrap
 from smartpark.core.errors import ConfigError
+from smartpark.core.outbox import OutboxMessage, message_fields
+from smartpark.core.payments import PaymentAttempt, Purpose, Refund, RefundState, attempt_fields, refund_fields
 from smartpark.core.values import Money, Plate
 from smartpark.migrate import migrate_store
 from smartpark.ports.recognizer import PlateRead
@@ -40,7 +42,60 @@ def lot_with_history(tmp: str):
     clock.advance(timedelta(minutes=90))
     held = app.parking.handle_read(read("out-1", "沪C12345"))
     app.parking.settle_cash(held.order_id, actor="booth")
+    add_payments_and_messages(app.store, owner.id)
     return app
+
+
+def add_payments_and_messages(store, owner_id):
+    """A paid top-up with a finished partial refund and its callback, a closed attempt, and two notifications (one
+    sent, one waiting) -- written through the store, as the payment and notification services would."""
+    at = SAMPLE_TIME + timedelta(minutes=5)
+    topup = PaymentAttempt.start(out_trade_no="TU-0001", channel="wechat", purpose=Purpose.TOPUP, subject_id=owner_id,
+                                 amount_fen=5000, at=at, expires_at=at + timedelta(minutes=15), code_url="weixin://q1")
+    topup._mark_paid(at=at + timedelta(minutes=1), transaction_id="4200000001", amount_fen=5000)
+    topup._add_refund(1000)
+    closed = PaymentAttempt.start(out_trade_no="TU-0002", channel="alipay", purpose=Purpose.TOPUP,
+                                  subject_id=owner_id, amount_fen=3000, at=at + timedelta(minutes=2),
+                                  expires_at=at + timedelta(minutes=17))
+    closed._close(reason="超时未支付")
+    refund = Refund.create(out_trade_no="TU-0001", channel="wechat", amount_fen=1000, reason="多充", actor="财务",
+                           at=at + timedelta(minutes=30), out_refund_no="RF-0001")
+    refund._finish(RefundState.SUCCEEDED, at=at + timedelta(minutes=31), detail="SUCCESS")
+    sent = OutboxMessage.create(dedupe_key="topup:TU-0001:sms", kind="topup_received", recipient_kind="owner",
+                                recipient_id=owner_id, channel="sms", address="13912345678",
+                                params={"amount": "50.00"}, text="您已充值 50.00 元", at=at + timedelta(minutes=1))
+    sent._claim(at + timedelta(minutes=1), timedelta(minutes=1))
+    sent._sent(at + timedelta(minutes=1), vendor_code="OK", vendor_message_id="biz-1")
+    waiting = OutboxMessage.create(dedupe_key="refund:RF-0001:wechat", kind="refund_done", recipient_kind="owner",
+                                   recipient_id=owner_id, channel="wechat", address="oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
+                                   params={"amount": "10.00"}, text="退款 10.00 元已到账", at=at + timedelta(minutes=31),
+                                   urgent=True, not_before=at + timedelta(hours=9))
+    with store.unit_of_work() as uow:
+        uow.payments.add(topup)
+        uow.payments.add(closed)
+        uow.payments.add_refund(refund)
+        uow.payments.record_notification("wechat", "notify-1", "TU-0001", at + timedelta(minutes=1))
+        uow.outbox.add(sent)
+        uow.outbox.add(waiting)
+    return topup, closed, refund, sent, waiting
+
+
+def assert_payments_and_messages_copied(test, target, source):
+    """Every field of the attempts, refunds and messages came across; the seen callback stays seen."""
+    with source.unit_of_work() as uow:
+        attempts = uow.payments.find()
+        refunds = uow.payments.refunds_between(SAMPLE_TIME, SAMPLE_TIME + timedelta(days=1))
+        messages = uow.outbox.list()
+    test.assertEqual(len(attempts), 2)
+    with target.unit_of_work() as uow:
+        test.assertEqual([attempt_fields(a) for a in uow.payments.find()], [attempt_fields(a) for a in attempts])
+        test.assertEqual([refund_fields(r) for r in uow.payments.refunds_for("TU-0001")],
+                         [refund_fields(r) for r in refunds])
+        test.assertEqual([message_fields(m) for m in uow.outbox.list()], [message_fields(m) for m in messages])
+        test.assertEqual(uow.outbox.by_dedupe_key("topup:TU-0001:sms").address, "13912345678")
+        test.assertEqual(uow.outbox.count_by_state(), {"sent": 1, "pending": 1})
+        test.assertFalse(uow.payments.record_notification("wechat", "notify-1", "TU-0001", SAMPLE_TIME))
+        test.assertEqual([n[:3] for n in uow.payments.notifications()], [("wechat", "notify-1", "TU-0001")])
 
 
 class MigrateTests(unittest.TestCase):
@@ -62,6 +117,9 @@ class MigrateTests(unittest.TestCase):
         self.assertEqual(report.counts["owners"], 1)
         self.assertEqual(report.counts["orders"], 1)
         self.assertGreaterEqual(report.counts["audit"], 6)
+        self.assertEqual((report.counts["payments"], report.counts["refunds"], report.counts["payment_notifications"],
+                          report.counts["outbox"]), (2, 1, 1, 2))
+        assert_payments_and_messages_copied(self, target, self.app.store)
         with target.unit_of_work() as uow:
             owner_id = uow.owners.id_by_plate(Plate.parse("京B54321"))
             self.assertEqual(str(uow.owners.get(owner_id).name), "张三")
@@ -71,6 +129,7 @@ class MigrateTests(unittest.TestCase):
     def test_copy_into_postgresql(self):
         try:
             import psycopg
+            from psycopg import sql
             psycopg.connect(DSN, connect_timeout=3).close()
         except Exception as e:  # noqa: BLE001
             self.fail(f"PostgreSQL at {DSN!r} is needed for this test (scripts/services.sh starts it): {e}")
@@ -92,8 +151,27 @@ class MigrateTests(unittest.TestCase):
             self.assertEqual((str(owner.name), owner.balance), ("张三", Money(5000)))
             self.assertIsNotNone(uow.sessions.open_by_plate(Plate.parse("京A12345")))
             self.assertTrue(uow.audit.verify().ok)
+        self.assertEqual((report.counts["payments"], report.counts["refunds"], report.counts["payment_notifications"],
+                          report.counts["outbox"]), (2, 1, 1, 2))
+        self.assertIn("outbox", seen)
+        assert_payments_and_messages_copied(self, target, self.app.store)
+        with psycopg.connect(DSN) as conn:  # the addresses are encrypted in their new place too
+            dump = conn.execute(sql.SQL("SELECT address_enc FROM {}.outbox").format(sql.Identifier(schema))).fetchall()
+        self.assertEqual(len(dump), 2)
+        self.assertFalse(any("13912345678" in token or "oUpF8" in token for (token,) in dump))
         with self.assertRaises(ConfigError):
             migrate_store(self.app.store, target)
+
+    def test_a_target_holding_only_payments_or_messages_is_not_empty(self):
+        for kind in ("payments", "outbox"):
+            with self.subTest(kind=kind):
+                target = InMemoryStore(audit_key=self.app.keyring.audit_key)
+                with self.app.store.unit_of_work() as uow:
+                    item = uow.payments.find()[0] if kind == "payments" else uow.outbox.list()[0]
+                with target.unit_of_work() as uow:
+                    (uow.payments.add if kind == "payments" else uow.outbox.add)(item)
+                with self.assertRaises(ConfigError):
+                    migrate_store(self.app.store, target)
 
     @staticmethod
     def _drop(schema):

@@ -28,6 +28,7 @@ from smartpark.adapters import storage_postgres
 from smartpark.adapters.storage_postgres import migrations
 from smartpark.core.audit import record_hash
 from smartpark.core.errors import ConfigError, Conflict
+from smartpark.core.outbox import OutboxMessage
 from smartpark.core.parking import BlockedPlate, HolderKind, Outcome
 from smartpark.core.values import Money, Plate
 from smartpark.security import DecryptionError, KeyRing
@@ -157,6 +158,26 @@ class TestNothingSensitiveInClear(PostgresTest):
         self.add_parking_records()
         self.secrets = self.plain_values(self.owners, self.visitors, extra=[sample_plate(2), *self.parking_plates])
         self.secrets += [text.encode("utf-8") for text in self.raw_reads]
+        self.add_outbox_messages()
+        self.secrets += [address.encode("utf-8") for address in self.addresses]
+
+    def add_outbox_messages(self) -> None:
+        """Queued notifications: an SMS to a phone number and a WeChat message to an openid (both sensitive),
+        one of them claimed (so its row was also written by an UPDATE)."""
+        self.addresses = ["13912345678", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"]
+        self.messages = [
+            OutboxMessage.create(dedupe_key=f"entry:{n}", kind="entry_reminder", recipient_kind="owner",
+                                 recipient_id=self.owners[0].id, channel=channel, address=address,
+                                 params={"plate": "京A·***45"}, text="您的车辆京A·***45已入场", at=SAMPLE_TIME)
+            for n, (channel, address) in enumerate(zip(("sms", "wechat"), self.addresses))
+        ]
+        with self.store.unit_of_work() as uow:
+            for m in self.messages:
+                self.assertTrue(uow.outbox.add(m))
+        with self.store.unit_of_work() as uow:
+            claimed = uow.outbox.get(self.messages[0].id)
+            claimed._claim(SAMPLE_TIME + timedelta(minutes=1), timedelta(minutes=1))
+            uow.outbox.save(claimed)
 
     def add_parking_records(self) -> None:
         """A stay inside, a finished one with a paid order, gate decisions and a blocked plate, each with its own
@@ -211,7 +232,7 @@ class TestNothingSensitiveInClear(PostgresTest):
     def test_no_id_number_phone_or_plate_in_any_table(self) -> None:
         contents = self.dump()
         for table in ("owners", "visitors", "plates", "parking_sessions", "orders", "order_transitions",
-                      "decisions", "blocklist", "audit_log", "ledger"):
+                      "decisions", "blocklist", "audit_log", "ledger", "outbox"):
             self.assertTrue(contents.get(table), f"{table} is empty: the scan would prove nothing")
         for table, data in contents.items():
             for secret in self.secrets:
@@ -298,6 +319,33 @@ class TestNothingSensitiveInClear(PostgresTest):
         with self.store.unit_of_work() as uow:
             with self.assertRaises(DecryptionError):
                 uow.orders.get(self.parking_ids["order"])
+
+    def test_an_outbox_address_is_a_token_bound_to_its_row(self) -> None:
+        tokens = self.raw("SELECT id, address_enc FROM outbox ORDER BY seq")
+        self.assertEqual([row[0] for row in tokens], [m.id for m in self.messages])
+        for (message_id, token), address in zip(tokens, self.addresses):
+            self.assertTrue(token.startswith("k1:"), token)
+            self.assertEqual(self.keyring.decrypt(token, f"outbox.address:{message_id}"), address)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual([uow.outbox.get(m.id).address for m in self.messages], self.addresses)
+        first, second = self.messages
+        self.raw("UPDATE outbox SET address_enc = (SELECT address_enc FROM outbox WHERE id = %s) WHERE id = %s",
+                 (first.id, second.id))
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(DecryptionError):
+                uow.outbox.get(second.id)
+
+    def test_after_rotation_saving_an_outbox_message_rewraps_its_address(self) -> None:
+        self.keyring.add_key("k2", bytes(range(32)))
+        store = self.open_store()
+        with store.unit_of_work() as uow:
+            message = uow.outbox.get(self.messages[0].id)
+            message._sent(SAMPLE_TIME + timedelta(minutes=2), vendor_code="OK", vendor_message_id="biz-1")
+            uow.outbox.save(message)
+        token = self.raw("SELECT address_enc FROM outbox WHERE id = %s", (message.id,))[0][0]
+        self.assertTrue(token.startswith("k2:"), token)
+        with store.unit_of_work() as uow:
+            self.assertEqual(uow.outbox.get(message.id).address, self.addresses[0])
 
     def test_times_are_timestamptz_and_come_back_aware(self) -> None:
         types = dict(self.raw("SELECT column_name, data_type FROM information_schema.columns"
@@ -723,6 +771,58 @@ class TestTwoInstances(PostgresTest):
             self.assertEqual(len(uow.ledger.for_owner("owner-1")), 1)
 
 
+    def test_two_instances_claiming_one_message_at_once_let_exactly_one_through(self) -> None:
+        message = OutboxMessage.create(dedupe_key="overtime:s-1:sms", kind="overtime", recipient_kind="visitor",
+                                       recipient_id="v-1", channel="sms", address="13912345678", params={},
+                                       text="您已超时", at=SAMPLE_TIME)
+        with self.store.unit_of_work() as uow:
+            uow.outbox.add(message)
+        barrier = threading.Barrier(2)
+
+        def claim(store: PostgresStore) -> str:
+            with store.unit_of_work() as uow:
+                (due,) = uow.outbox.due(SAMPLE_TIME)
+                barrier.wait(WAIT)
+                due._claim(SAMPLE_TIME, timedelta(minutes=1))
+                try:
+                    uow.outbox.save(due)
+                except Conflict:
+                    return "conflict"
+                time.sleep(0.2)  # hold the row a moment, so the other save must wait for this commit
+                return "claimed"
+
+        runs = [self.run_in_thread(lambda s=s: claim(s)) for s in (self.store, self.other)]
+        for thread, _ in runs:
+            thread.join(WAIT)
+        self.assertEqual(sorted(outcome["result"] for _, outcome in runs), ["claimed", "conflict"])
+        with self.store.unit_of_work() as uow:
+            stored = uow.outbox.get(message.id)
+        self.assertEqual((stored.state.value, stored.attempts, stored.version), ("sending", 1, 1))
+
+    def test_the_same_dedupe_key_or_callback_from_both_instances_is_written_once(self) -> None:
+        barrier = threading.Barrier(2)
+
+        def queue(store: PostgresStore, n: int) -> tuple[bool, bool]:
+            message = OutboxMessage.create(dedupe_key="lot_full:2024-05-01", kind="lot_full",
+                                           recipient_kind="attendant", recipient_id="门岗", channel="sms",
+                                           address=f"1370000000{n}", params={}, text="车位已满", at=SAMPLE_TIME)
+            with store.unit_of_work() as uow:
+                barrier.wait(WAIT)
+                added = uow.outbox.add(message)
+                seen = uow.payments.record_notification("wechat", "notify-42", "SP-1", SAMPLE_TIME)
+                time.sleep(0.1)
+                return added, seen
+
+        runs = [self.run_in_thread(lambda s=s, n=n: queue(s, n)) for n, s in ((0, self.store), (1, self.other))]
+        for thread, _ in runs:
+            thread.join(WAIT)
+        results = sorted(outcome["result"] for _, outcome in runs)
+        self.assertEqual(results, [(False, False), (True, True)])
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.outbox.count_by_state(), {"pending": 1})
+            self.assertEqual(len(uow.payments.notifications()), 1)
+
+
 @needs_postgres
 class TestMigrations(PostgresTest):
     migrate = False
@@ -774,7 +874,7 @@ class TestMigrations(PostgresTest):
         self.assertNotIn("half_done", self.tables())
 
     def test_a_new_migration_is_applied_to_a_schema_in_use_with_its_data_kept(self) -> None:
-        self.assertEqual(self.store.migrate(), [1])
+        self.assertEqual(self.store.migrate(), [m.version for m in migrations.MIGRATIONS])
         owner = sample_owner(1)
         with self.store.unit_of_work() as uow:
             uow.owners.add(owner)
@@ -789,6 +889,23 @@ class TestMigrations(PostgresTest):
         self.assertIn("notifications_outbox", self.tables())
         with self.store.unit_of_work() as uow:
             self.assertEqual(uow.owners.by_plate(sample_plate(1)).id, owner.id)
+
+    def test_a_version_1_schema_gets_the_payment_and_outbox_tables_with_its_data_kept(self) -> None:
+        with mock.patch.object(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1]):
+            self.assertEqual(self.store.migrate(), [1])
+        session = sample_session(1)
+        with self.store.unit_of_work() as uow:
+            uow.sessions.add(session)
+        self.assertEqual(self.open_store().migrate(), [m.version for m in migrations.MIGRATIONS[1:]])
+        message = OutboxMessage.create(dedupe_key="k", kind="lot_full", recipient_kind="attendant",
+                                       recipient_id="门岗", channel="sms", address="13700000000", params={},
+                                       text="车位已满", at=SAMPLE_TIME)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.sessions.open_by_plate(session.plate).id, session.id)
+            self.assertTrue(uow.outbox.add(message))
+            self.assertTrue(uow.payments.record_notification("wechat", "n-1", "SP1", SAMPLE_TIME))
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.outbox.due(SAMPLE_TIME), [message])
 
     def test_the_schema_name_is_validated(self) -> None:
         for bad in ("Smartpark", "park-1", "1park", "pg_park", "information_schema", 'x"; DROP SCHEMA public; --', ""):

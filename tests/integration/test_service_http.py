@@ -536,9 +536,15 @@ class ServiceHttpTest(unittest.TestCase):
         self.assertEqual(r.status, 413)
         conn = http.client.HTTPConnection("127.0.0.1", svc.handle.port, timeout=10)
         try:  # no Content-Length: counted while it streams in
-            conn.request("POST", "/devices/hikvision/cam-in", body=iter([b"y" * 60_000] * 4),
-                         headers={"Content-Type": "application/xml"}, encode_chunked=True)
-            self.assertEqual(conn.getresponse().status, 413)
+            try:
+                conn.request("POST", "/devices/hikvision/cam-in", body=iter([b"y" * 60_000] * 4),
+                             headers={"Content-Type": "application/xml"}, encode_chunked=True)
+                status: int | str = conn.getresponse().status
+            except (ConnectionResetError, BrokenPipeError):
+                # The server answered 413 and closed while we were still sending: on a busy machine the kernel
+                # may reset the connection before the client reads the answer. Either way it was refused.
+                status = "reset"
+            self.assertIn(status, (413, "reset"))
         finally:
             conn.close()
         r = svc.call("POST", "/api/validate", raw=b'{"field": "name", "value": "' + b"a" * 70_000 + b'"}')

@@ -22,6 +22,7 @@ from smartpark.adapters.storage_sqlite import migrations
 from smartpark.adapters.storage_sqlite.store import SqliteStore
 from smartpark.core.audit import record_hash
 from smartpark.core.errors import ConfigError
+from smartpark.core.outbox import OutboxMessage
 from smartpark.core.parking import BlockedPlate, HolderKind, Outcome
 from smartpark.core.values import Plate
 from smartpark.security import DecryptionError, KeyRing
@@ -83,6 +84,8 @@ class TestNothingSensitiveInClear(SqliteFileTest):
         self.add_parking_records()
         self.secrets = self.plain_values(self.owners, self.visitors, extra=[sample_plate(2), *self.parking_plates])
         self.secrets += [text.encode("utf-8") for text in self.raw_reads]
+        self.add_outbox_messages()
+        self.secrets += [address.encode("utf-8") for address in self.addresses]
 
     def add_parking_records(self) -> None:
         """A stay inside, a finished one with a paid order, gate decisions and a blocked plate, each with its own
@@ -112,6 +115,24 @@ class TestNothingSensitiveInClear(SqliteFileTest):
             unreadable = sample_decision(3, outcome=Outcome.HOLD, reason="unreadable", message="未能识别车牌")
             uow.decisions.append(attrs.evolve(unreadable, plate=None, raw_text=self.raw_reads[1]))
         self.parking_ids = {"inside": inside.id, "done": done.id, "order": order.id}
+
+    def add_outbox_messages(self) -> None:
+        """Queued notifications: an SMS to a phone number and a WeChat message to an openid (both sensitive),
+        one of them claimed (so its row was also written by an UPDATE)."""
+        self.addresses = ["13912345678", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"]
+        self.messages = [
+            OutboxMessage.create(dedupe_key=f"entry:{n}", kind="entry_reminder", recipient_kind="owner",
+                                 recipient_id=self.owners[0].id, channel=channel, address=address,
+                                 params={"plate": "京A·***45"}, text="您的车辆京A·***45已入场", at=SAMPLE_TIME)
+            for n, (channel, address) in enumerate(zip(("sms", "wechat"), self.addresses))
+        ]
+        with self.store.unit_of_work() as uow:
+            for m in self.messages:
+                self.assertTrue(uow.outbox.add(m))
+        with self.store.unit_of_work() as uow:
+            claimed = uow.outbox.get(self.messages[0].id)
+            claimed._claim(SAMPLE_TIME + timedelta(minutes=1), timedelta(minutes=1))
+            uow.outbox.save(claimed)
 
     @staticmethod
     def plain_values(owners: list, visitors: list, extra: list) -> list[bytes]:
@@ -215,6 +236,36 @@ class TestNothingSensitiveInClear(SqliteFileTest):
             self.assertTrue(token.startswith("k1:"), token)
         self.assertEqual(self.raw("SELECT count(*) FROM decisions WHERE plate_enc IS NULL AND plate_bidx IS NULL"),
                          [(1,)])
+
+    def test_an_outbox_address_is_a_token_read_back_through_the_store(self) -> None:
+        tokens = self.raw("SELECT address_enc FROM outbox ORDER BY seq")
+        self.assertEqual(len(tokens), 2)
+        for (token,) in tokens:
+            self.assertTrue(token.startswith("k1:"), token)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual([uow.outbox.get(m.id).address for m in self.messages], self.addresses)
+            self.assertEqual(uow.outbox.by_dedupe_key("entry:1").address, self.addresses[1])
+
+    def test_an_outbox_address_copied_to_another_row_does_not_decrypt(self) -> None:
+        first, second = self.messages
+        self.raw("UPDATE outbox SET address_enc = (SELECT address_enc FROM outbox WHERE id = ?) WHERE id = ?",
+                 (first.id, second.id))
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(DecryptionError):
+                uow.outbox.get(second.id)
+
+    def test_after_rotation_saving_an_outbox_message_rewraps_its_address(self) -> None:
+        self.store.close()
+        self.keyring.add_key("k2", bytes(range(32)))
+        store = self.open_store()
+        with store.unit_of_work() as uow:
+            message = uow.outbox.get(self.messages[0].id)
+            message._sent(SAMPLE_TIME + timedelta(minutes=2), vendor_code="OK", vendor_message_id="biz-1")
+            uow.outbox.save(message)
+        token = self.raw("SELECT address_enc FROM outbox WHERE id = ?", (message.id,))[0][0]
+        self.assertTrue(token.startswith("k2:"), token)
+        with store.unit_of_work() as uow:
+            self.assertEqual(uow.outbox.get(message.id).address, self.addresses[0])
 
     def test_a_parking_plate_copied_to_another_row_does_not_decrypt(self) -> None:
         self.raw("UPDATE parking_sessions SET plate_enc = (SELECT plate_enc FROM parking_sessions WHERE id = ?)"
@@ -456,11 +507,35 @@ class TestMigrations(SqliteFileTest):
         store = SqliteStore(path, self.keyring)
         self.addCleanup(store.close)
         self.assertEqual(store.schema_version(), 1)
-        self.assertEqual(store.migrate(), [2])
+        self.assertEqual(store.migrate(), [m.version for m in migrations.MIGRATIONS[1:]])
         with store.unit_of_work() as uow:
             self.assertEqual(uow.owners.by_plate(sample_plate(1)).id, owner.id)
             uow.sessions.add(sample_session(1, holder_kind=HolderKind.OWNER, holder_id=owner.id))
             self.assertEqual(uow.sessions.count_open(), 1)
+
+    def test_a_version_2_database_gets_the_payment_and_outbox_tables_with_its_data_kept(self) -> None:
+        path = self.path.with_name("v2.db")
+        first = migrations.MIGRATIONS[:2]
+        session = sample_session(1)
+        with mock.patch("smartpark.adapters.storage_sqlite.store.MIGRATIONS", first), \
+                mock.patch("smartpark.adapters.storage_sqlite.store.LATEST_VERSION", 2):
+            old = SqliteStore(path, self.keyring)
+            self.assertEqual(old.migrate(), [1, 2])
+            with old.unit_of_work() as uow:
+                uow.sessions.add(session)
+            old.close()
+        store = SqliteStore(path, self.keyring)
+        self.addCleanup(store.close)
+        self.assertEqual(store.migrate(), [m.version for m in migrations.MIGRATIONS[2:]])
+        message = OutboxMessage.create(dedupe_key="k", kind="lot_full", recipient_kind="attendant",
+                                       recipient_id="门岗", channel="sms", address="13700000000", params={},
+                                       text="车位已满", at=SAMPLE_TIME)
+        with store.unit_of_work() as uow:
+            self.assertEqual(uow.sessions.open_by_plate(session.plate).id, session.id)
+            self.assertTrue(uow.outbox.add(message))
+            self.assertTrue(uow.payments.record_notification("wechat", "n-1", "SP1", SAMPLE_TIME))
+        with store.unit_of_work() as uow:
+            self.assertEqual(uow.outbox.due(SAMPLE_TIME), [message])
 
     def test_the_database_runs_in_wal_mode_with_foreign_keys(self) -> None:
         self.assertEqual(self.raw("PRAGMA journal_mode")[0][0], "wal")

@@ -34,6 +34,8 @@ from smartpark.core import events as ev
 from smartpark.core.values import Plate
 from smartpark.ports.recognizer import PlateRead
 from smartpark.testing.fakes import FakeClock, FakeGate, FakeRecognizer
+from smartpark.testing.fakes.payment import FakePaymentChannel
+from tests.integration.test_receipts_render import pdf_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs" / "screenshots"
@@ -103,8 +105,11 @@ class BoothTest(unittest.TestCase):
             "tariff": {"free_minutes": 30, "unit_minutes": 60, "unit_fee": 300, "daily_cap": 3000},
             "gate": {"public_url": "https://park.example.cn"},
         }
+        # one online channel: the FakePaymentChannel plays WeChat Pay (its payer pays, its callback is signed)
+        cls.wechat = FakePaymentChannel("wechat", clock=cls.clock)
         cls.app = bootstrap(config, overrides={"clock": cls.clock, "gates": {"fake": cls.gate},
-                                               "recognizers": {"fake": cls.camera}})
+                                               "recognizers": {"fake": cls.camera},
+                                               "payment_channels": {"pay_wechat": cls.wechat}})
         from smartpark.adapters.ui_tk.app import BoothApp
 
         cls.booth = BoothApp(cls.app, Config(screenshot_dir=SHOTS), runtime=Runtime(cls.app), actor="booth:test")
@@ -519,7 +524,124 @@ class BoothTest(unittest.TestCase):
         pv.results.selection_set(rows[0].order_id)
         self.root.update()
         self.assertGreaterEqual(pv.history.size(), 3)
-        self.assertIn("即将推出", pv.refund.cget("text"), "refunds are not faked before the payments work lands")
+
+        # 打印收据 for the cash-paid order: the PDF is saved and its path shown
+        self.assertEqual(str(pv.receipt.cget("state")), "normal")
+        self.assertEqual(str(pv.pay_qr.cget("state")), "disabled", "a paid order needs no payment QR code")
+        # 退款 is for online payments only: cash goes back across the counter
+        self.assertEqual(str(pv.refund.cget("state")), "disabled")
+        self.assertIn("现金订单", pv.hint.cget("text"))
+        self.assertIsNone(pv.ask_refund())
+        pv.receipt.invoke()
+        self.pump_until(lambda: pv.last_receipt is not None, "the receipt saved")
+        path = pv.last_receipt
+        self.assertEqual(path.parent, Path(self._dir.name) / "receipts")
+        data = path.read_bytes()
+        self.assertTrue(data.startswith(b"%PDF-"))
+        text = pdf_text(data)
+        self.assertIn("6.00", text)
+        receipt = self.app.receipts.for_order(rows[0].order_id)
+        self.assertIn(f"({receipt.code}) Tj", text, "the verification code is on the printed receipt")
+        self.assertIn(str(path), b.status_label.cget("text"))
+        self.assertIn(str(path), self.dialog().label.cget("text"))
+        self.dialog().close()
+
+    def test_08b_online_payment_qr_and_refund(self) -> None:
+        b = self.booth
+        b.select_tab("lanes")
+        self.app.parking.admit_visitor(lane_id="in-1", plate="浙A11111", name="钱七", id_number=ID_OK2,
+                                       phone="13600136000", consent=True, actor="booth:test")
+        self.clock.advance(hours=1, minutes=40)
+        self.read("out-1", "浙A11111")
+        out = self.panel("out-1")
+        self.pump_until(lambda: "pay_qr" in out.visible_buttons and out.state.plate == "浙A***11",
+                        "the payment QR button for the car at the exit")
+        self.assertEqual(str(out.buttons["pay_qr"].cget("state")), "normal")
+        self.assertEqual(out.buttons["pay_qr"].cget("text"), "显示付款二维码")
+        from smartpark.adapters.ui_tk.views.paydialogs import PaymentQrDialog
+
+        out.show_pay_qr()  # one channel enabled: no choice to make
+        self.pump_until(lambda: b.dialogs and isinstance(b.dialogs[-1], PaymentQrDialog), "the payment QR code")
+        qr = b.dialogs[-1]
+        self.assertIn("微信支付", qr.caption.cget("text"))
+        self.assertIn("¥6.00", qr.caption.cget("text"))
+        if booth_qr.available():
+            self.assertGreaterEqual(qr.image.width(), 200)
+        self.assertEqual(qr.payment.code_url, f"fakepay://pay/{qr.payment.out_trade_no}")
+        b.screenshot("pay-qr")
+
+        # the driver pays; the provider's signed callback reaches the core; the dialog (polling) says so
+        opens = self.opens("out-1")
+        headers, body = self.wechat.pay(qr.payment.out_trade_no)
+        self.in_thread(lambda: self.app.payments.handle_event(self.wechat.parse_callback(headers, body)))
+        self.pump_until(lambda: qr.state.state == "paid", "the dialog seeing the payment", timeout=8)
+        self.assertIn("已收到微信支付 ¥6.00", qr.caption.cget("text"))
+        self.pump_until(lambda: self.opens("out-1") == opens + 1, "the exit gate opened on payment")
+        qr.close()
+
+        # 支付查询: the online order may be refunded, in part, with a reason
+        b.select_tab("payments")
+        pv = b.payments
+        pv.date.set("")
+        pv.plate.set("浙A11111")
+        pv.search()
+        (row,) = pv.rows.values()
+        self.assertEqual((row.state, row.channel), ("已支付", "微信支付"))
+        pv.results.selection_set(row.order_id)
+        self.root.update()
+        self.assertEqual(str(pv.refund.cget("state")), "normal")
+        self.assertIn("可退 ¥6.00", pv.hint.cget("text"))
+        d = pv.ask_refund()
+        self.assertEqual(d.fields["amount"].get(), "6.00")
+        d.fields["amount"].set("9.00")
+        d.submit()
+        self.pump_until(lambda: "最多可退" in str(d.fields["amount"].error.cget("text")), "too much refused")
+        self.assertIn("原因", str(d.fields["reason"].error.cget("text")))
+        d.fields["amount"].set("2.00")
+        d.fields["reason"].set("多收了一小时")
+        d.submit()
+        self.pump_until(lambda: d.closed, "the refund done")
+        self.assertIn("退款成功：¥2.00", b.status_label.cget("text"))
+        self.pump_until(lambda: next(iter(pv.rows.values())).refunded == "¥2.00", "the refund in the list")
+        pv.results.selection_set(row.order_id)
+        self.root.update()
+        self.assertIn("可退 ¥4.00", pv.hint.cget("text"))
+        self.assertIn("退款 ¥2.00：多收了一小时", pv.history.get("end"))
+        self.assertEqual(self.app.receipts.for_order(row.order_id).refunded_fen, 200)
+
+    # -- 8b. notifications: state, provider code, 重发 ---------------------------------------------------------
+    def test_08b_notifications_tab_and_retry(self) -> None:
+        from smartpark.core.outbox import MessageState, OutboxMessage
+
+        m = OutboxMessage.create(dedupe_key="booth-test:1", kind="entry_reminder", recipient_kind="visitor",
+                                 recipient_id="v-1", channel="sms", address="13800138000", params={"plate": "京A1"},
+                                 text="您的车辆京A1已入场", at=self.clock.now())
+        with self.app.store.unit_of_work() as uow:
+            uow.outbox.add(m)
+        self.app.outbox_worker.run_once()  # no SMS notifier is enabled here: failed, with a clear detail
+        b = self.booth
+        b.select_tab("notifications")
+        nv = b.notifications
+        nv.state.current(1)  # 发送失败
+        nv.refresh()
+        self.assertIn(m.id, nv.rows)
+        row = nv.rows[m.id]
+        self.assertEqual(("发送失败", "138****8000", "短信"), (row.state, row.recipient, row.channel))
+        self.assertIn("未启用", row.detail)
+        self.assertNotIn("13800138000", str(nv.list.item(m.id, "values")))
+        self.assertEqual("disabled", str(nv.retry_button.cget("state")))
+        nv.list.selection_set(m.id)
+        self.root.update()
+        self.assertEqual("normal", str(nv.retry_button.cget("state")))
+        self.assertIn("您的车辆京A1已入场", nv.preview.cget("text"))
+        nv.retry_button.invoke()
+        self.assertIn("已重新排队", nv.result.cget("text"))
+        with self.app.store.unit_of_work() as uow:
+            self.assertNotEqual(MessageState.FAILED, uow.outbox.get(m.id).state)
+            entries = uow.audit.for_subject(f"outbox:{m.id}")
+        self.assertEqual([("notification.retry", "booth:test")], [(e.action, e.actor) for e in entries])
+        nv.state.current(0)
+        nv.refresh()
 
     # -- 9. screenshots of every screen ----------------------------------------------------------------------
     def test_09_screenshots(self) -> None:
@@ -538,7 +660,7 @@ class BoothTest(unittest.TestCase):
                                             consent=True, actor="test")
         self.read("in-1", "苏E54321")  # a car waiting to register, for the lane screen
         b.flush()
-        for name in ("lanes", "owners", "visitors", "payments", "announcements", "lot"):
+        for name in ("lanes", "owners", "visitors", "payments", "announcements", "lot", "notifications"):
             b.select_tab(name)
             b.flush()
             self.root.update()

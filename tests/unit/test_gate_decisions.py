@@ -5,6 +5,8 @@ import contextlib
 import unittest
 from datetime import timedelta
 
+import attrs
+
 from smartpark.core import events as ev
 from smartpark.core.bus import MessageBus
 from smartpark.core.errors import ValidationError
@@ -445,3 +447,48 @@ class ConcurrentInstanceTests(GateTestCase):
         self.store.unit_of_work = real_uow
         self.assertEqual((d.outcome, d.reason), (Outcome.OPEN, "repeat_read"))
         self.assertEqual(self.parking.occupancy().occupied, 1)
+
+
+class ReadDeliveredAgainTests(GateTestCase):
+    """A read event delivered a second time (a relay resend that another instance took, or a read redelivered
+    late from a crashed instance's broker session) is looked up by lane and event id: never a second stay."""
+
+    def event(self, lane, plate, event_id):
+        return attrs.evolve(read(lane, plate), event_id=event_id)
+
+    def test_an_entry_delivered_again_after_the_car_left_makes_no_second_stay(self):
+        self.owner()
+        self.parking.handle_read(self.event(IN, "京A12345", "E1"))
+        self.clock.advance(minutes=5)
+        self.parking.handle_read(self.event(OUT, "京A12345", "E2"))
+        self.clock.advance(minutes=5)
+        d = self.parking.handle_read(self.event(IN, "京A12345", "E1"))  # late, from a broker session
+        self.assertEqual((d.outcome, d.reason, d.read_event_id), (Outcome.IGNORE, "repeat_event", "E1"))
+        self.assertEqual(self.parking.occupancy().occupied, 0)
+        self.assertEqual(len(self.opens(IN)), 1, "the gate does not open for a stale read")
+
+    def test_an_exit_delivered_again_closes_nothing_else(self):
+        self.owner()
+        self.parking.handle_read(self.event(IN, "京A12345", "E1"))
+        self.parking.handle_read(self.event(OUT, "京A12345", "E2"))
+        self.clock.advance(minutes=3)
+        self.parking.handle_read(self.event(IN, "京A12345", "E3"))
+        self.clock.advance(minutes=3)
+        d = self.parking.handle_read(self.event(OUT, "京A12345", "E2"))
+        self.assertEqual((d.outcome, d.reason), (Outcome.IGNORE, "repeat_event"))
+        self.assertEqual(self.parking.occupancy().occupied, 1, "the new stay is still open")
+
+    def test_delivered_again_at_once_the_gate_opens_again(self):
+        self.owner()
+        self.parking.handle_read(self.event(IN, "京A12345", "E1"))
+        self.clock.advance(seconds=2)
+        d = self.parking.handle_read(self.event(IN, "京A12345", "E1"))  # the first command may have died
+        self.assertEqual((d.outcome, d.reason), (Outcome.OPEN, "repeat_read"))
+        self.assertEqual(len(self.opens(IN)), 2)
+        self.assertEqual(self.parking.occupancy().occupied, 1)
+
+    def test_the_same_event_id_on_another_lane_is_another_read(self):
+        self.owner()
+        self.parking.handle_read(self.event(IN, "京A12345", "E1"))
+        d = self.parking.handle_read(self.event(OUT, "京A12345", "E1"))
+        self.assertEqual((d.outcome, d.reason), (Outcome.OPEN, "owner"))

@@ -84,7 +84,8 @@ class HikvisionRecognizer:
         self._lane_locks = {lane: threading.RLock() for lane in {c.lane for c in config.cameras}}
         self._health_lock = threading.RLock()
         self._dedupe_lock = threading.Lock()
-        self._recent: dict[tuple[str, str], float] = {}
+        # (lane, plate) -> (receive time on the monotonic clock, the read's event time)
+        self._recent: dict[tuple[str, str], tuple[float, datetime]] = {}
         self._life_lock = threading.Lock()
         self._sink: RecognizerSink | None = None
         self._stop_event = threading.Event()
@@ -215,7 +216,7 @@ class HikvisionRecognizer:
                         continue
                 read = self._build_read(cam, ev)
                 key = _dedupe_key(read)
-                if key and self._is_recent(cam.cfg.lane, key):
+                if key and self._is_recent(cam.cfg.lane, key, read.at):
                     self._remember_id(cam, ev.event_id)
                     duplicates += 1
                     log.debug("camera %s: %s again within %s s, dropped", cam.cfg.id, key, self.config.dedupe_seconds)
@@ -234,7 +235,7 @@ class HikvisionRecognizer:
                     return Outcome(500, "internal error", delivered, duplicates)
                 self._remember_id(cam, ev.event_id)
                 if key:
-                    self._mark_recent(cam.cfg.lane, key)
+                    self._mark_recent(cam.cfg.lane, key, read.at)
                 delivered += 1
         return Outcome(200, "OK", delivered, duplicates)
 
@@ -313,22 +314,26 @@ class HikvisionRecognizer:
             while len(cam.seen_ids) > _SEEN_IDS:
                 cam.seen_ids.popitem(last=False)
 
-    def _is_recent(self, lane: str, key: str) -> bool:
+    def _is_recent(self, lane: str, key: str, at: datetime) -> bool:
+        """The same plate on this lane within the window: received within it AND read within it by the event
+        times. The second half keeps a backlog (a persistent MQTT session redelivered after an outage, reads
+        that arrive in a burst) from merging two real visits of one car that were minutes apart."""
         window = self.config.dedupe_seconds
         if window <= 0:
             return False
         with self._dedupe_lock:
             last = self._recent.get((lane, key))
-            return last is not None and self.clock.monotonic() - last < window
+            return (last is not None and self.clock.monotonic() - last[0] < window
+                    and abs((at - last[1]).total_seconds()) < window)
 
-    def _mark_recent(self, lane: str, key: str) -> None:
+    def _mark_recent(self, lane: str, key: str, at: datetime) -> None:
         now = self.clock.monotonic()
         window = self.config.dedupe_seconds
         with self._dedupe_lock:
             # re-insert so insertion order stays time order, then expire a few from the front (amortised O(1))
             self._recent.pop((lane, key), None)
-            self._recent[(lane, key)] = now
-            for old, t in list(itertools.islice(self._recent.items(), 8)):
+            self._recent[(lane, key)] = (now, at)
+            for old, (t, _) in list(itertools.islice(self._recent.items(), 8)):
                 if now - t < window and len(self._recent) <= 100_000:
                     break
                 del self._recent[old]

@@ -15,7 +15,9 @@ Routes (README.md has the full table)::
     POST /api/validate                    one field through the core parsers -> {ok, message}
     POST /api/visitor/register            the visitor page's submit
     GET  /api/announcements               current announcements
-    /api/booth/...                        the attendant API (Authorization: Bearer <token>)
+    /fee, /receipt/..., /verify           paying, receipts and their verification (pay_pages.py)
+    /api/booth/...                        the attendant API (Authorization: Bearer <token>), including
+                                          POST /api/booth/owners/{id}/topup {"amount_fen","channel"}
     (adapter routes)                      from Runtime.http_routes(), e.g. camera push endpoints
 """
 
@@ -63,7 +65,7 @@ log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).with_name("page")
 VISITOR_ACTOR = "visitor-page"
 #: Path prefixes of our own routes; an adapter route may not take them.
-RESERVED_PREFIXES = ("/api/", "/v/", "/static/", "/healthz")
+RESERVED_PREFIXES = ("/api/", "/v/", "/static/", "/healthz", "/fee", "/receipt/", "/verify")
 CONSENT_ZH = "请阅读并同意《个人信息处理说明》后再登记"
 
 #: Chinese messages for pydantic's own error types (the value parsers bring their own).
@@ -193,7 +195,7 @@ class BodyLimit:
         self.app, self.default_limit, self.api_limit = app, default_limit, api_limit
 
     def limit_for(self, path: str) -> int:
-        return self.api_limit if path.startswith(("/api/", "/v/")) else self.default_limit
+        return self.api_limit if path.startswith(("/api/", "/v/", "/fee")) else self.default_limit
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -334,7 +336,8 @@ class _Assets:
     def __init__(self, folder: Path) -> None:
         self.visitor = string.Template((folder / "visitor.html").read_text(encoding="utf-8"))
         self.message = string.Template((folder / "message.html").read_text(encoding="utf-8"))
-        self.files = {name: (folder / name).read_bytes() for name in ("visitor.css", "visitor.js")}
+        self.files = {name: (folder / name).read_bytes()
+                      for name in ("visitor.css", "visitor.js", "pay.css", "pay.js")}
         digest = hashlib.sha256(b"".join(self.files.values()))
         self.version = digest.hexdigest()[:12]
         self.etags = {name: '"' + hashlib.sha256(data).hexdigest()[:16] + '"' for name, data in self.files.items()}
@@ -554,6 +557,10 @@ def create_api(app: Any, runtime: Any, hub: EventHub, settings: Settings | None 
         media = "text/css; charset=utf-8" if name.endswith(".css") else "text/javascript; charset=utf-8"
         return Response(assets.files[name], media_type=media, headers=headers)
 
+    from .pay_pages import add_routes as add_payment_routes  # it imports this module's helpers
+
+    add_payment_routes(api, app, call=call, tz=tz, asset_version=assets.version)
+
     @api.post("/api/validate")
     async def validate(request: Request) -> JSONResponse:
         body: ValidateBody = await _parse(request, ValidateBody)
@@ -635,6 +642,22 @@ def create_api(app: Any, runtime: Any, hub: EventHub, settings: Settings | None 
         d = await call(app.parking.settle_cash, order_id, actor=actor)
         return JSONResponse({"paid": True, "gate_opened": bool(d is not None and d.gate_ok),
                              "decision": decision_json(d, tz) if d is not None else None})
+
+    @api.post(p + "/owners/{owner_id}/topup")
+    async def booth_topup(owner_id: str, request: Request, actor: Actor) -> JSONResponse:
+        """An owner's balance top-up: {"amount_fen", "channel"} -> the payment (its code_url is the QR)."""
+        data = _object(await _read_json(request))
+        amount, channel = data.get("amount_fen"), data.get("channel")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise ApiError(422, "请填写充值金额（分）", "amount_fen must be a positive integer",
+                           errors={"amount_fen": "请填写充值金额"})
+        if not isinstance(channel, str) or not channel:
+            raise ApiError(422, "请选择支付方式", "a channel is required", errors={"channel": "请选择支付方式"})
+        v = await call(app.payments.start_topup, owner_id, amount, channel, actor=actor)
+        return JSONResponse({"payment": {
+            "out_trade_no": v.out_trade_no, "channel": v.channel, "purpose": v.purpose, "owner_id": v.subject_id,
+            "amount_fen": v.amount_fen, "state": v.state, "code_url": v.code_url,
+            "expires_at": v.expires_at.astimezone(tz).isoformat()}})
 
     @api.post(p + "/visitors")
     async def booth_visitor(request: Request, actor: Actor) -> JSONResponse:

@@ -5,8 +5,10 @@
   right there: it is fast (one transaction, one gate command) and it means a read is acknowledged to its
   device (HTTP 200, MQTT PUBACK) only after it was decided and recorded, so a crash loses no read.
 * Device health from cameras, gates and sensors goes to ``ParkingService.device_health``.
-* Jobs: the daily visitor purge (PIPL retention) and periodic health checks of adapters that expose
-  ``check_health()``.
+* Payment channels hand their verified callbacks to ``PaymentService.handle_event`` (``on_payment``).
+* Jobs: the outbox worker every second on a thread of its own (notifications, :mod:`smartpark.core.delivery`),
+  the daily visitor purge (PIPL retention), payment reconciliation every 30 s (attempts stuck in ``paying``,
+  refunds still processing) and periodic health checks of adapters that expose ``check_health()``.
 """
 
 from __future__ import annotations
@@ -209,6 +211,7 @@ class Runtime:
         self.app = app
         self.dispatcher = LaneDispatcher(app)
         self.jobs = Jobs(app.clock)
+        self.delivery = Jobs(app.clock)  # its own thread: a slow SMS gateway must not hold up health checks
         self.lane_workers = LaneWorkers()
         self.started_at: datetime | None = None
         self._started: list[Any] = []
@@ -219,6 +222,15 @@ class Runtime:
         for gate in app.gates.values():
             if hasattr(gate, "on_health"):
                 gate.on_health = self.dispatcher.device_health
+        channels = app.payment_channels
+        if channels:
+            payments = app.payments
+            for name, channel in channels.items():
+                if hasattr(channel, "on_payment"):
+                    channel.on_payment = payments.handle_event  # the notify route hands verified events here
+                    log.info("payment channel %s ready", name)
+            self.jobs.every(timedelta(seconds=30), payments.reconcile, name="reconcile payments",
+                            first=timedelta(seconds=10))
         for name, recognizer in app.recognizers.items():
             log.info("starting recognizer %s", name)
             recognizer.start(self.dispatcher)
@@ -228,11 +240,27 @@ class Runtime:
             sensor.start(self.dispatcher)
             self._started.append(sensor)
         self.jobs.every(timedelta(days=1), self._purge, name="purge visitors", first=timedelta(minutes=1))
+        # built now, with the notifiers: a notifier's bad settings stop the start instead of failing every pass
+        log.info("delivering notifications on: %s", ", ".join(app.outbox_worker.channels) or "no channel")
+        self.delivery.every(timedelta(seconds=1), self._deliver, name="deliver notifications",
+                            first=timedelta(seconds=1))
+        if app.config.notifications.enabled:  # what goes into the outbox: overtime warnings, the lot-full fan-out
+            notifications = app.notifications
+            self.jobs.every(timedelta(seconds=30), notifications.check_overtime, name="overtime warnings",
+                            first=timedelta(seconds=15))
+            self.jobs.every(timedelta(seconds=5), notifications.expand_lot_full, name="lot-full notifications")
         for adapter in [*app.recognizers.values(), *app.sensors.values()]:
             if hasattr(adapter, "check_health"):
                 self.jobs.every(timedelta(seconds=5), adapter.check_health, name=f"health {adapter.name}")
         self.jobs.start()
+        self.delivery.start()
         self.started_at = app.clock.now()
+
+    def _deliver(self) -> None:
+        """One outbox pass: in-doubt messages, then what is due (claimed one by one, so instances share the work)."""
+        report = self.app.outbox_worker.run_once()
+        if report.worked:
+            log.debug("outbox pass: %s", report)
 
     def _purge(self) -> None:
         removed = self.app.residents.purge_visitors(actor="system:purge")
@@ -241,6 +269,7 @@ class Runtime:
 
     def stop(self) -> None:
         self.jobs.stop()
+        self.delivery.stop()
         while self._started:
             adapter = self._started.pop()
             try:

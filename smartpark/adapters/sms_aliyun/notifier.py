@@ -17,7 +17,9 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from alibabacloud_dysmsapi20170525 import models as sms_models
 from alibabacloud_dysmsapi20170525.client import Client
@@ -109,6 +111,9 @@ OPERATOR_CODES = frozenset({
 _PHONE = re.compile(r"(?:\+86|0086|86|\+)?(\d{11})")
 _OUT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _QUERY = re.compile(r"\?[^\s'\"]*")
+_BEIJING = ZoneInfo("Asia/Shanghai")  # Aliyun's SendDate is a Beijing date
+_LOOKUP_PAGE_SIZE = 50
+_LOOKUP_MAX_PAGES = 20
 
 
 def mask_phone(phone: str) -> str:
@@ -181,6 +186,8 @@ class AliyunSmsNotifier:
             retry_options=None,  # no SDK retries: SendSms is not idempotent, the outbox owns retrying
         ))
         self._runtime = RuntimeOptions(autoretry=False, connect_timeout=connect_ms, read_timeout=read_ms)
+        #: The longest one ``send`` can take (the outbox worker's claim lease is longer than this).
+        self.timeout_seconds = connect_timeout_s + read_timeout_s
 
     # -- Notifier -----------------------------------------------------------------------------------------------
     def send(self, message: Message) -> DeliveryResult:
@@ -218,6 +225,55 @@ class AliyunSmsNotifier:
                                   detail=f"Aliyun answered HTTP {response.status_code} without a Code")
         return self._vendor_result(message, body.code, body.message or "", body.request_id or "",
                                    int(response.status_code or 200), biz_id=body.biz_id or "")
+
+    def lookup(self, message: Message) -> DeliveryResult | None:
+        """What became of ``message``: QuerySendDetails for its phone number, today and yesterday (Beijing dates),
+        matched by ``OutId`` (= ``message.id``, which ``send`` passes).
+
+        ``None``: Aliyun has no such message (it never went out). SENT: Aliyun accepted it (SendStatus 1 waiting
+        for the receipt, 3 delivered). REJECTED: accepted but not delivered (SendStatus 2, ``vendor_code`` is the
+        ErrCode). FAILED: the answer is unknown now (network, throttling, an error ``Code``): ask again later.
+        Never raises.
+        """
+        phone = (message.recipient or "").strip() if isinstance(message.recipient, str) else ""
+        if not phone or not isinstance(message.id, str) or not _OUT_ID.fullmatch(message.id):
+            return DeliveryResult(status=FAILED, detail="cannot look up: no phone number or no usable OutId")
+        m = _PHONE.fullmatch(phone)
+        number = m.group(1) if m else phone
+        today = datetime.now(_BEIJING).date()
+        for day in (today, today - timedelta(days=1)):
+            page = 1
+            while page <= _LOOKUP_MAX_PAGES:
+                request = sms_models.QuerySendDetailsRequest(phone_number=number, send_date=day.strftime("%Y%m%d"),
+                                                             page_size=_LOOKUP_PAGE_SIZE, current_page=page)
+                try:
+                    response = self._client.query_send_details_with_options(request, self._runtime)
+                except ResponseException as e:
+                    return DeliveryResult(status=FAILED, vendor_code=str(e.code or ""),
+                                          detail=f"QuerySendDetails refused: {e.code}: {_vendor_message(e)}")
+                except UnretryableException as e:
+                    error = getattr(e, "inner_exception", None) or e
+                    text = _QUERY.sub("?<query hidden>", str(getattr(error, "message", None) or error))
+                    return DeliveryResult(status=FAILED, detail=f"QuerySendDetails failed: {type(error).__name__}: "
+                                                                f"{text}")
+                except Exception as e:  # noqa: BLE001 - lookup() reports, it never raises
+                    log.exception("sms_aliyun: unexpected error looking up message %s", message.id)
+                    return DeliveryResult(status=FAILED, detail=f"unexpected error: {type(e).__name__}: {e}")
+                body = response.body
+                if body is None or body.code != "OK":
+                    code = (body.code if body is not None else "") or ""
+                    said = (body.message if body is not None else "") or ""
+                    return DeliveryResult(status=FAILED, vendor_code=code, detail=f"QuerySendDetails: {code} {said}")
+                dtos = body.sms_send_detail_dtos.sms_send_detail_dto if body.sms_send_detail_dtos else []
+                for dto in dtos or []:
+                    if dto.out_id == message.id:
+                        return _detail_result(message, dto)
+                total = int(body.total_count or 0)
+                if page * _LOOKUP_PAGE_SIZE >= total or not dtos:
+                    break
+                page += 1
+        log.info("sms_aliyun: message %s to %s: Aliyun has no record of it", message.id, mask_phone(phone))
+        return None
 
     def close(self) -> None:
         """Nothing to release: the SDK pools its HTTP sessions process-wide."""
@@ -263,6 +319,20 @@ class AliyunSmsNotifier:
             detail = f"could not reach {self.endpoint}: {type(error).__name__}: {text}"
         log.warning("sms_aliyun: message %s failed: %s", message.id, detail)
         return DeliveryResult(status=FAILED, detail=detail)
+
+
+def _detail_result(message: Message, dto: Any) -> DeliveryResult:
+    status = int(dto.send_status or 0)
+    phone = mask_phone(message.recipient.strip())
+    if status == 2:
+        code = dto.err_code or ""
+        log.warning("sms_aliyun: message %s to %s was accepted but not delivered (%s)", message.id, phone, code)
+        return DeliveryResult(status=REJECTED, vendor_code=code,
+                              detail=f"Aliyun accepted it but could not deliver it: {code or '-'}")
+    log.info("sms_aliyun: message %s to %s found at Aliyun (SendStatus %s)", message.id, phone, status)
+    return DeliveryResult(status=SENT, vendor_code="OK",
+                          detail=f"found by OutId via QuerySendDetails (SendStatus {status}, SendDate "
+                                 f"{dto.send_date or '-'})")
 
 
 def _vendor_message(e: ResponseException) -> str:

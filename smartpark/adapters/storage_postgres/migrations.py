@@ -6,7 +6,7 @@ each in ``schema_migrations(version, description, applied_at)``: PostgreSQL's DD
 transactional, so a failing migration leaves nothing behind, and two instances starting at once
 do not both migrate (the second waits for the lock, then finds nothing pending).
 
-To add a migration, append ``Migration(2, "what it does", _V2_...)`` to :data:`MIGRATIONS`.
+To add a migration, append ``Migration(4, "what it does", _V4_...)`` to :data:`MIGRATIONS`.
 Never edit one that has been released. Scripts run with ``search_path`` set to the store's
 schema, so they name tables unqualified; they may hold several statements (no parameters).
 
@@ -331,8 +331,120 @@ CREATE TRIGGER order_transitions_no_update BEFORE UPDATE ON order_transitions
     FOR EACH ROW EXECUTE FUNCTION refuse_change();
 """
 
+_V2_PAYMENTS_OUTBOX = r"""
+-- One row per payment attempt (a QR for an order or a top-up on one channel). No foreign keys:
+-- payment records outlive orders and owners. Two attempts racing for one out_trade_no: the second
+-- waits for the first to commit, then fails on payment_attempts_out_trade_no_key.
+CREATE TABLE payment_attempts (
+    seq            bigint      GENERATED ALWAYS AS IDENTITY,     -- insertion order; ties on created_at
+    id             text        NOT NULL,
+    out_trade_no   text        NOT NULL,
+    channel        text        NOT NULL,
+    purpose        text        NOT NULL,                         -- Purpose value
+    subject_id     text        NOT NULL,                         -- the order id, or the owner of a top-up
+    amount_fen     bigint      NOT NULL,
+    created_at     timestamptz NOT NULL,
+    expires_at     timestamptz NOT NULL,
+    state          text        NOT NULL,                         -- AttemptState value
+    code_url       text        NOT NULL,
+    transaction_id text,
+    paid_at        timestamptz,
+    closed_reason  text        NOT NULL,
+    refunded_fen   bigint      NOT NULL,
+    actor          text        NOT NULL,
+    version        integer     NOT NULL,
+    CONSTRAINT payment_attempts_pkey PRIMARY KEY (id),
+    CONSTRAINT payment_attempts_seq_key UNIQUE (seq),
+    CONSTRAINT payment_attempts_out_trade_no_key UNIQUE (out_trade_no),
+    CONSTRAINT payment_attempts_amount_positive CHECK (amount_fen > 0),
+    CONSTRAINT payment_attempts_refunded_not_negative CHECK (refunded_fen >= 0)
+);
+CREATE INDEX payment_attempts_subject ON payment_attempts (subject_id, created_at, seq);
+CREATE INDEX payment_attempts_created_at ON payment_attempts (created_at, seq);
+CREATE INDEX payment_attempts_state_created_at ON payment_attempts (state, created_at, seq);
+
+-- Provider callbacks already applied: a replay (same channel and notify id) changes nothing; two
+-- instances receiving the same callback at once: the second waits, then inserts nothing.
+CREATE TABLE payment_notifications (
+    seq          bigint      GENERATED ALWAYS AS IDENTITY,       -- recording order
+    channel      text        NOT NULL,
+    notify_id    text        NOT NULL,
+    out_trade_no text        NOT NULL,
+    at           timestamptz NOT NULL,
+    CONSTRAINT payment_notifications_pkey PRIMARY KEY (channel, notify_id),
+    CONSTRAINT payment_notifications_seq_key UNIQUE (seq)
+);
+
+CREATE TABLE refunds (
+    seq           bigint      GENERATED ALWAYS AS IDENTITY,
+    id            text        NOT NULL,
+    out_refund_no text        NOT NULL,
+    out_trade_no  text        NOT NULL,
+    channel       text        NOT NULL,
+    amount_fen    bigint      NOT NULL,
+    reason        text        NOT NULL,
+    actor         text        NOT NULL,
+    created_at    timestamptz NOT NULL,
+    state         text        NOT NULL,                          -- RefundState value
+    finished_at   timestamptz,
+    detail        text        NOT NULL,
+    version       integer     NOT NULL,
+    CONSTRAINT refunds_pkey PRIMARY KEY (id),
+    CONSTRAINT refunds_seq_key UNIQUE (seq),
+    CONSTRAINT refunds_out_refund_no_key UNIQUE (out_refund_no),
+    CONSTRAINT refunds_amount_positive CHECK (amount_fen > 0)
+);
+CREATE INDEX refunds_out_trade_no ON refunds (out_trade_no, created_at, seq);
+CREATE INDEX refunds_created_at ON refunds (created_at, seq);
+
+-- Notifications written in the transaction that caused them, sent later by a worker. The address
+-- (a phone number or an openid) is encrypted; params and text hold masked data only.
+CREATE TABLE outbox (
+    seq               bigint      GENERATED ALWAYS AS IDENTITY,  -- insertion order; ties on created_at
+    id                text        NOT NULL,
+    dedupe_key        text        NOT NULL,                      -- the same fact never queues two messages
+    kind              text        NOT NULL,
+    recipient_kind    text        NOT NULL,
+    recipient_id      text        NOT NULL,
+    channel           text        NOT NULL,
+    address_enc       text        NOT NULL,
+    params            jsonb       NOT NULL,                      -- an object of strings
+    text              text        NOT NULL,
+    created_at        timestamptz NOT NULL,
+    urgent            boolean     NOT NULL,
+    state             text        NOT NULL,                      -- MessageState value
+    attempts          integer     NOT NULL,
+    next_attempt_at   timestamptz,                               -- NULL: as soon as possible
+    lease_until       timestamptz,
+    sent_at           timestamptz,
+    vendor_code       text        NOT NULL,
+    vendor_message_id text        NOT NULL,
+    detail            text        NOT NULL,
+    fallback_of       text,
+    updated_at        timestamptz,
+    version           integer     NOT NULL,
+    CONSTRAINT outbox_pkey PRIMARY KEY (id),
+    CONSTRAINT outbox_seq_key UNIQUE (seq),
+    CONSTRAINT outbox_dedupe_key_key UNIQUE (dedupe_key)
+);
+-- due(): the open messages by next attempt time; in_doubt(): sending by lease end.
+CREATE INDEX outbox_state_next_attempt ON outbox (state, next_attempt_at);
+CREATE INDEX outbox_state_lease ON outbox (state, lease_until);
+-- list(recipient_id=...) and count_sent_since (the rate limit).
+CREATE INDEX outbox_recipient ON outbox (recipient_id, updated_at);
+CREATE INDEX outbox_created_at ON outbox (created_at, seq);
+"""
+
+# A read event delivered again (by another service instance, or late, from a broker session) is looked up by
+# its lane and event id before it is decided (DecisionLog.first_for_read).
+_V3_READ_EVENTS = """
+CREATE INDEX decisions_read_event ON decisions (lane, read_event_id, seq) WHERE read_event_id IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: people, plates, announcements, ledger, audit, parking", _V1_INITIAL_SCHEMA),
+    Migration(2, "payments: attempts, seen callbacks, refunds; the notification outbox", _V2_PAYMENTS_OUTBOX),
+    Migration(3, "decisions: look a read event up by lane and event id", _V3_READ_EVENTS),
 )
 
 

@@ -286,9 +286,106 @@ CREATE TABLE lot_state (
 ) WITHOUT ROWID;
 """
 
+_V3_PAYMENTS_OUTBOX = """
+-- One row per payment attempt (a QR for an order or a top-up on one channel). No foreign keys:
+-- payment records outlive orders and owners.
+CREATE TABLE payment_attempts (
+    seq            INTEGER PRIMARY KEY,                 -- insertion order; ties on created_at
+    id             TEXT    NOT NULL UNIQUE,
+    out_trade_no   TEXT    NOT NULL UNIQUE,
+    channel        TEXT    NOT NULL,
+    purpose        TEXT    NOT NULL,                    -- Purpose value
+    subject_id     TEXT    NOT NULL,                    -- the order id, or the owner id of a top-up
+    amount_fen     INTEGER NOT NULL CHECK (amount_fen > 0),
+    created_at     TEXT    NOT NULL,
+    expires_at     TEXT    NOT NULL,
+    state          TEXT    NOT NULL,                    -- AttemptState value
+    code_url       TEXT    NOT NULL,
+    transaction_id TEXT,
+    paid_at        TEXT,
+    closed_reason  TEXT    NOT NULL,
+    refunded_fen   INTEGER NOT NULL CHECK (refunded_fen >= 0),
+    actor          TEXT    NOT NULL,
+    version        INTEGER NOT NULL
+);
+CREATE INDEX payment_attempts_subject ON payment_attempts (subject_id, created_at);
+CREATE INDEX payment_attempts_created_at ON payment_attempts (created_at);
+CREATE INDEX payment_attempts_state_created_at ON payment_attempts (state, created_at);
+
+-- Provider callbacks already applied: a replay (same channel and notify id) changes nothing.
+CREATE TABLE payment_notifications (
+    seq          INTEGER NOT NULL UNIQUE,               -- recording order (set by the store)
+    channel      TEXT    NOT NULL,
+    notify_id    TEXT    NOT NULL,
+    out_trade_no TEXT    NOT NULL,
+    at           TEXT    NOT NULL,
+    PRIMARY KEY (channel, notify_id)
+) WITHOUT ROWID;
+
+CREATE TABLE refunds (
+    seq           INTEGER PRIMARY KEY,
+    id            TEXT    NOT NULL UNIQUE,
+    out_refund_no TEXT    NOT NULL UNIQUE,
+    out_trade_no  TEXT    NOT NULL,
+    channel       TEXT    NOT NULL,
+    amount_fen    INTEGER NOT NULL CHECK (amount_fen > 0),
+    reason        TEXT    NOT NULL,
+    actor         TEXT    NOT NULL,
+    created_at    TEXT    NOT NULL,
+    state         TEXT    NOT NULL,                     -- RefundState value
+    finished_at   TEXT,
+    detail        TEXT    NOT NULL,
+    version       INTEGER NOT NULL
+);
+CREATE INDEX refunds_out_trade_no ON refunds (out_trade_no, created_at);
+CREATE INDEX refunds_created_at ON refunds (created_at);
+
+-- Notifications written in the transaction that caused them, sent later by a worker. The address
+-- (a phone number or an openid) is encrypted; params and text hold masked data only.
+CREATE TABLE outbox (
+    seq               INTEGER PRIMARY KEY,              -- insertion order; ties on created_at
+    id                TEXT    NOT NULL UNIQUE,
+    dedupe_key        TEXT    NOT NULL UNIQUE,          -- the same fact never queues two messages
+    kind              TEXT    NOT NULL,
+    recipient_kind    TEXT    NOT NULL,
+    recipient_id      TEXT    NOT NULL,
+    channel           TEXT    NOT NULL,
+    address_enc       TEXT    NOT NULL,
+    params            TEXT    NOT NULL,                 -- JSON object of strings
+    text              TEXT    NOT NULL,
+    created_at        TEXT    NOT NULL,
+    urgent            INTEGER NOT NULL CHECK (urgent IN (0, 1)),
+    state             TEXT    NOT NULL,                 -- MessageState value
+    attempts          INTEGER NOT NULL,
+    next_attempt_at   TEXT,                             -- NULL: as soon as possible
+    lease_until       TEXT,
+    sent_at           TEXT,
+    vendor_code       TEXT    NOT NULL,
+    vendor_message_id TEXT    NOT NULL,
+    detail            TEXT    NOT NULL,
+    fallback_of       TEXT,
+    updated_at        TEXT,
+    version           INTEGER NOT NULL
+);
+-- due(): the open messages by next attempt time; in_doubt(): sending by lease end.
+CREATE INDEX outbox_state_next_attempt ON outbox (state, next_attempt_at);
+CREATE INDEX outbox_state_lease ON outbox (state, lease_until);
+-- list(recipient_id=...) and count_sent_since (the rate limit).
+CREATE INDEX outbox_recipient ON outbox (recipient_id, updated_at);
+CREATE INDEX outbox_created_at ON outbox (created_at);
+"""
+
+# A read event delivered again (by another service instance, or late, from a broker session) is looked up by
+# its lane and event id before it is decided (DecisionLog.first_for_read).
+_V4_READ_EVENTS = """
+CREATE INDEX decisions_read_event ON decisions (lane, read_event_id, seq) WHERE read_event_id IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1_INITIAL_SCHEMA),
     Migration(2, "parking: sessions, orders, decisions, blocklist, devices, lot state", _V2_PARKING),
+    Migration(3, "payments: attempts, seen callbacks, refunds; the notification outbox", _V3_PAYMENTS_OUTBOX),
+    Migration(4, "decisions: look a read event up by lane and event id", _V4_READ_EVENTS),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

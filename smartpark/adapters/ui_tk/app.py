@@ -53,6 +53,7 @@ from .views.common import (
 )
 from .views.lanes import LanesView
 from .views.lot import LotView
+from .views.notifications import NotificationsView
 from .views.owners import OwnersView
 from .views.payments import PaymentsView
 from .views.visitors import VisitorsView
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 
 MIN_WIDTH, MIN_HEIGHT = 1280, 800
 TABS = (("lanes", "车道"), ("owners", "业主"), ("visitors", "外来车辆"), ("payments", "支付查询"),
-        ("announcements", "公告"), ("lot", "车位"))
+        ("announcements", "公告"), ("lot", "车位"), ("notifications", "通知"))
 
 
 def default_actor() -> str:
@@ -166,7 +167,7 @@ class BoothApp:
         self.status_label.pack(side="left", fill="x", expand=True)
         keys = [lane.shortcut for lane in self.controller.lanes() if lane.shortcut]
         hint = (f"{keys[0]}–{keys[-1]} 手动抬杆 · " if len(keys) > 1 else (f"{keys[0]} 手动抬杆 · " if keys else ""))
-        tk.Label(status, text=hint + "Ctrl+F 查询 · Ctrl+1–6 切换 · Enter 提交 · Esc 关闭", font=f.small,
+        tk.Label(status, text=hint + "Ctrl+F 查询 · Ctrl+1–7 切换 · Enter 提交 · Esc 关闭", font=f.small,
                  bg="#e9edf2", fg="#55606e", padx=10).pack(side="right")
         tk.Label(status, text=f"值班员 {self.actor}", font=f.small, bg="#e9edf2", fg="#55606e",
                  padx=10).pack(side="right")
@@ -179,8 +180,10 @@ class BoothApp:
         self.payments = PaymentsView(self.notebook, self)
         self.announcements = AnnouncementsView(self.notebook, self)
         self.lot = LotView(self.notebook, self)
+        self.notifications = NotificationsView(self.notebook, self)
         self.views = {"lanes": self.lanes, "owners": self.owners, "visitors": self.visitors,
-                      "payments": self.payments, "announcements": self.announcements, "lot": self.lot}
+                      "payments": self.payments, "announcements": self.announcements, "lot": self.lot,
+                      "notifications": self.notifications}
         for key, label in TABS:
             self.notebook.add(self.views[key].frame, text=f" {label} ")
         self.notebook.bind("<<NotebookTabChanged>>", lambda e: self._refresh_pending(force=True))

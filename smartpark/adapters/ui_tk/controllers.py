@@ -32,6 +32,8 @@ from smartpark.core.parking import HolderKind, OrderState
 from smartpark.core.values import Money, Plate
 from smartpark.forms import AnnouncementForm, OwnerForm, VisitorForm, field_errors
 
+from .paydesk import PaymentDesk
+
 HOLDER_ZH = {"owner": "业主", "visitor": "访客", "unknown": "未登记", None: "—"}
 DIRECTION_ZH = {"in": "入口", "out": "出口"}
 KIND_ZH = {"camera": "摄像机", "gate": "道闸", "sensor": "车位传感器"}
@@ -164,6 +166,8 @@ class OrderRow:
     lane: str
     refunded: str
     history: tuple[str, ...]
+    state_code: str = ""  # created | paying | paid | closed | refunded
+    channel_code: str | None = None  # cash | balance | wechat | alipay | ...
 
 
 @attrs.frozen
@@ -197,6 +201,23 @@ class PaymentFeatures:
     refund: bool
 
 
+@attrs.frozen
+class NotificationRow:
+    """One outbox message for the 通知 screen (recipient masked)."""
+
+    id: str
+    at: str
+    channel: str
+    recipient: str
+    state: str  # Chinese
+    state_code: str  # pending | sending | sent | retrying | failed | cancelled
+    attempts: int
+    vendor_code: str
+    detail: str
+    text: str
+    can_retry: bool
+
+
 class FormErrors(Exception):
     """A form that did not validate: ``errors`` maps a field name to its Chinese message."""
 
@@ -216,6 +237,7 @@ class BoothController:
         self._own_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
         self._lane_lock = lane_lock
+        self.pay = PaymentDesk(app, actor=actor, tz=self.tz)
 
     # -- the lot ------------------------------------------------------------------------------------
     @property
@@ -319,18 +341,10 @@ class BoothController:
         return self.app.parking.settle_cash(order_id, actor=self.actor)
 
     def payment_features(self) -> PaymentFeatures:
-        """Online payment QR codes, receipts and refunds come with the payments work in the core; until a
-        service offers them, the booth says "即将推出" and does not pretend."""
-        payments = getattr(self.app, "payments", None)
-        return PaymentFeatures(pay_qr=callable(getattr(payments, "payment_url", None)),
-                               receipt=callable(getattr(payments, "receipt", None)),
-                               refund=callable(getattr(payments, "refund", None)))
-
-    def payment_url(self, order_id: str) -> str:
-        payments = getattr(self.app, "payments", None)
-        if not callable(getattr(payments, "payment_url", None)):
-            raise ValidationError("线上支付即将推出，请收取现金", "online payment is not available yet")
-        return str(payments.payment_url(order_id, actor=self.actor))  # type: ignore[union-attr]
+        """Online payment QR codes (an enabled channel), receipts and refunds (``app.payments``/``app.receipts``);
+        the work itself is :attr:`pay` (:class:`~smartpark.adapters.ui_tk.paydesk.PaymentDesk`)."""
+        f = self.pay.features()
+        return PaymentFeatures(pay_qr=f.pay_qr, receipt=f.receipt, refund=f.refund)
 
     # -- forms ---------------------------------------------------------------------------------------
     @staticmethod
@@ -602,6 +616,26 @@ class BoothController:
     def delete_announcement(self, announcement_id: str) -> None:
         self.app.announcements.delete(announcement_id, actor=self.actor)
 
+    # -- notifications (通知) --------------------------------------------------------------------------
+    def notifications(self, state: str | None = None, limit: int = 100) -> list[NotificationRow]:
+        """Recent outbox messages, newest first (``state``: an English state name, or ``None`` for all)."""
+        from smartpark.core.delivery import masked_address, state_zh
+
+        channels = {"sms": "短信", "wechat": "微信"}
+        rows = []
+        for m in self.app.outbox_worker.messages(state=state, limit=limit):
+            at = m.updated_at or m.created_at
+            rows.append(NotificationRow(
+                id=m.id, at=at.astimezone(self.tz).strftime("%m-%d %H:%M:%S"), channel=channels.get(m.channel, m.channel),
+                recipient=masked_address(m), state=state_zh(m.state), state_code=m.state.value, attempts=m.attempts,
+                vendor_code=m.vendor_code or "—", detail=m.detail, text=m.text,
+                can_retry=m.state.value in ("failed", "cancelled")))
+        return rows
+
+    def retry_notification(self, message_id: str) -> None:
+        """Queue a failed or cancelled message again (audited with the booth's actor)."""
+        self.app.outbox_worker.retry(message_id, actor=self.actor)
+
     # -- today (车位) ----------------------------------------------------------------------------------
     def today(self) -> TodayStats:
         """Entries and exits per hour today and visitor fees paid per hour (orders paid today).
@@ -650,13 +684,21 @@ class BoothController:
             last_seen="" if is_owner else self.datetime(p.last_seen_at))
 
     def _order(self, o: Any) -> OrderRow:
-        history = tuple(f"{self.datetime(t.at)}  {STATE_ZH.get(_state(t.from_state), t.from_state or '新建')} → "
-                        f"{STATE_ZH.get(_state(t.to_state), t.to_state)}（{t.actor}）" for t in o.transitions)
+        history = tuple(self._transition(t) for t in o.transitions)
         lanes = {lane.id: lane.name for lane in self.app.parking.rules.lanes}
         return OrderRow(o.id, self.short(o.created_at), o.plate.masked, str(Money(o.amount_fen)),
                         STATE_ZH.get(o.state, o.state.value), CHANNEL_ZH.get(o.channel, o.channel or "—"),
                         self.short(o.paid_at), lanes.get(o.lane, o.lane) if o.lane else "—",
-                        str(Money(o.refunded_fen)) if o.refunded_fen else "—", history)
+                        str(Money(o.refunded_fen)) if o.refunded_fen else "—", history, o.state.value, o.channel)
+
+    def _transition(self, t: Any) -> str:
+        line = (f"{self.datetime(t.at)}  {STATE_ZH.get(_state(t.from_state), t.from_state or '新建')} → "
+                f"{STATE_ZH.get(_state(t.to_state), t.to_state)}（{t.actor}）")
+        refund = (t.detail or {}).get("refund_fen")
+        if isinstance(refund, int) and not isinstance(refund, bool):
+            reason = (t.detail or {}).get("reason") or ""
+            line += f"  退款 {Money(refund)}" + (f"：{reason}" if reason else "")
+        return line
 
     def _announcement(self, a: Any, now: datetime) -> AnnouncementRow:
         valid = f"{self.short(a.valid_from)} 起" + (f" 至 {self.short(a.valid_until)}" if a.valid_until else "，长期")

@@ -64,6 +64,14 @@ class PaymentChannelContract(_Base):
     A refund that exceeds the paid amount must fail: by raising
     :class:`ValueError` or a :class:`~smartpark.core.errors.SmartparkError`,
     or by returning a :class:`RefundResult` whose state is ``"failed"``.
+
+    What the core relies on beyond the types: each payment's callback has its
+    own ``notify_id`` and a resend keeps it (the core records each
+    ``(channel, notify_id)`` once); a refund sent again with the same
+    ``out_refund_no`` and amount is the same refund (the core resends refunds
+    still processing). ``docs/writing-a-payment-plugin.md`` explains the port;
+    ``examples/smartpark-pay-unionpay`` is a third-party channel, with its own
+    loopback provider, that passes this suite.
     """
 
     amount_fen: int = 1250
@@ -188,6 +196,33 @@ class PaymentChannelContract(_Base):
         self.assertEqual(first.notify_id, second.notify_id)
         self.assertEqual(first.out_trade_no, second.out_trade_no)
         self.assertEqual(first.amount_fen, second.amount_fen)
+
+    def test_each_payment_has_its_own_notify_id(self) -> None:
+        """The core drops a callback whose (channel, notify_id) it has seen: shared ids would lose payments."""
+        first_request, first_headers, first_body = self._paid()
+        second_request, second_headers, second_body = self._paid()
+        first = self.channel.parse_callback(first_headers, first_body)
+        second = self.channel.parse_callback(second_headers, second_body)
+        self.assertEqual((first.out_trade_no, second.out_trade_no),
+                         (first_request.out_trade_no, second_request.out_trade_no))
+        self.assertNotEqual(first.notify_id, second.notify_id)
+        self.assertNotEqual(first.transaction_id, second.transaction_id)
+
+    def test_a_refund_sent_again_is_the_same_refund(self) -> None:
+        """Retried with the same out_refund_no and amount, a refund is not paid out twice."""
+        request, headers, body = self._paid()
+        self.channel.parse_callback(headers, body)
+        part = request.amount_fen // 2
+        rest = request.amount_fen - part
+        out_refund_no = "R" + request.out_trade_no
+        for _ in range(2):
+            result = self.channel.refund(request.out_trade_no, out_refund_no, part, request.amount_fen)
+            self.assertEqual((result.out_refund_no, result.amount_fen), (out_refund_no, part))
+            self.assertIn(result.state, ("succeeded", "processing"))
+        # had the repeat refunded again, nothing (or less than ``rest``) would be left to refund
+        final = self.channel.refund(request.out_trade_no, "S" + request.out_trade_no, rest, request.amount_fen)
+        self.assertEqual(final.amount_fen, rest)
+        self.assertIn(final.state, ("succeeded", "processing"))
 
     def test_partial_refund_of_a_paid_order(self) -> None:
         request, headers, body = self._paid()

@@ -33,19 +33,32 @@ Rules pinned down here beyond the port's docstrings:
   ``since <= at < until``; appending an existing id raises ``Conflict``;
 * the blocklist lists oldest block first (a replaced entry keeps its place on equal
   times); devices list by device id;
-* Conflicts about stays name the plate masked only.
+* Conflicts about stays name the plate masked only;
+* payments: ``for_subject``, ``find``, ``refunds_for`` and ``refunds_between`` are oldest first by
+  ``created_at``, ties in ``add`` order; ``find``'s window is ``since <= created_at < until``; a duplicate
+  attempt ``id`` conflicts like a duplicate ``out_trade_no``; ``notifications()`` (beyond the port, used by
+  ``smartpark migrate``) lists the recorded callbacks as ``(channel, notify_id, out_trade_no, at)`` in
+  recording order; saving an attempt or refund that was never added conflicts;
+* outbox: ``due`` and ``in_doubt`` are oldest first by ``created_at``, ties in ``add`` order; ``in_doubt``
+  includes a lease ending exactly at ``now``; ``list`` is newest first, ties newest-added first;
+  ``count_by_state`` names only states that occur; ``count_sent_since`` counts ``sent`` and ``sending``
+  messages whose ``updated_at`` is ``>= since``.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 import unittest
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+
+import attrs
 
 from ...core.audit import GENESIS
 from ...core.entities import Owner, Visitor
 from ...core.errors import Conflict
+from ...core.outbox import MessageState, OutboxMessage, message_fields
 from ...core.parking import (
     BlockedPlate,
     Decision,
@@ -56,6 +69,15 @@ from ...core.parking import (
     OrderTransition,
     Outcome,
     ParkingSession,
+)
+from ...core.payments import (
+    AttemptState,
+    PaymentAttempt,
+    Purpose,
+    Refund,
+    RefundState,
+    attempt_fields,
+    refund_fields,
 )
 from ...core.values import IdNumber, Money, PersonName, Phone, Plate
 from ...ports.store import Store, UnitOfWork
@@ -1032,6 +1054,20 @@ class StoreContract(_TestCase):
             self.assertEqual(uow.decisions.recent(limit=3), [leave[1], leave[0], tie])
             self.assertEqual(uow.decisions.recent("no-such-lane"), [])
 
+    def test_the_first_decision_of_a_read_event_is_found_by_lane_and_event_id(self) -> None:
+        first = sample_decision(1, lane="in-1", read_event_id="E1")
+        again = sample_decision(2, lane="in-1", read_event_id="E1", outcome=Outcome.IGNORE, reason="repeat_event",
+                                at=first.at + timedelta(seconds=5))
+        elsewhere = sample_decision(3, lane="out-1", direction="out", read_event_id="E1")
+        with self.store.unit_of_work() as uow:
+            for decision in (first, again, elsewhere, sample_decision(4, lane="in-1")):
+                uow.decisions.append(decision)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.decisions.first_for_read("in-1", "E1"), first)
+            self.assertEqual(uow.decisions.first_for_read("out-1", "E1"), elsewhere)
+            self.assertIsNone(uow.decisions.first_for_read("in-1", "E2"))
+            self.assertIsNone(uow.decisions.first_for_read("in-2", "E1"))
+
     def test_count_between_is_half_open_and_filters_by_direction_and_outcome(self) -> None:
         s = timedelta(seconds=1)
         rows = [("in", Outcome.OPEN, 0 * s), ("in", Outcome.REFUSE, 1 * s), ("out", Outcome.OPEN, 2 * s),
@@ -1163,6 +1199,491 @@ class StoreContract(_TestCase):
             self.assertEqual(uow.blocklist.list(), [blocked])
             self.assertEqual(uow.devices.list(), [])
             self.assertEqual(uow.lot.get("full"), "false")
+
+    # -- payments: helpers --------------------------------------------------------------------------
+    def attempt(self, n: int, *, subject_id: str = "order-1", channel: str = "wechat",
+                purpose: Purpose = Purpose.ORDER, at_minutes: int | None = None, amount_fen: int = 800,
+                code_url: str | None = None) -> PaymentAttempt:
+        """Attempt ``n``: ``out_trade_no`` ``SP{n:06d}``, created ``at_minutes`` (default ``n``) after SAMPLE_TIME."""
+        at = SAMPLE_TIME + timedelta(minutes=n if at_minutes is None else at_minutes)
+        return PaymentAttempt.start(out_trade_no=f"SP{n:06d}", channel=channel, purpose=purpose,
+                                    subject_id=subject_id, amount_fen=amount_fen, at=at,
+                                    expires_at=at + timedelta(minutes=15),
+                                    code_url=f"weixin://wxpay/bizpayurl?pr=q{n}" if code_url is None else code_url,
+                                    actor="门岗 1")
+
+    def paid(self, attempt: PaymentAttempt, *, refunded_fen: int = 0) -> PaymentAttempt:
+        attempt._mark_paid(at=attempt.created_at + timedelta(minutes=2), transaction_id=f"4200{attempt.out_trade_no}",
+                           amount_fen=attempt.amount_fen)
+        if refunded_fen:
+            attempt._add_refund(refunded_fen)
+        return attempt
+
+    def refund(self, out_trade_no: str, n: int, *, amount_fen: int = 100, at_minutes: int | None = None) -> Refund:
+        at = SAMPLE_TIME + timedelta(minutes=n if at_minutes is None else at_minutes)
+        return Refund.create(out_trade_no=out_trade_no, channel="wechat", amount_fen=amount_fen, reason="多收费用",
+                             actor="财务 王", at=at, out_refund_no=f"RF{n:06d}")
+
+    def add_payments(self, *items: PaymentAttempt | Refund) -> None:
+        with self.store.unit_of_work() as uow:
+            for item in items:
+                if isinstance(item, PaymentAttempt):
+                    uow.payments.add(item)
+                else:
+                    uow.payments.add_refund(item)
+
+    def load_attempt(self, out_trade_no: str) -> PaymentAttempt:
+        with self.store.unit_of_work() as uow:
+            attempt = uow.payments.by_out_trade_no(out_trade_no)
+        self.assertIsNotNone(attempt)
+        return attempt
+
+    def assert_attempt_fields(self, got: PaymentAttempt | None, want: PaymentAttempt) -> None:
+        self.assert_fields(got, want, [name for name in attempt_fields(want)])
+        self.assertIsInstance(got.state, AttemptState)
+        self.assertIsInstance(got.purpose, Purpose)
+
+    def assert_refund_fields(self, got: Refund | None, want: Refund) -> None:
+        self.assert_fields(got, want, [name for name in refund_fields(want)])
+        self.assertIsInstance(got.state, RefundState)
+
+    def trade_nos(self, attempts: list[PaymentAttempt]) -> list[str]:
+        return [a.out_trade_no for a in attempts]
+
+    # -- payments: attempts -------------------------------------------------------------------------
+    def test_payment_attempt_round_trips_every_field(self) -> None:
+        fresh = self.attempt(1, code_url="")
+        paid = self.paid(self.attempt(2, purpose=Purpose.TOPUP, subject_id="owner-7", channel="alipay",
+                                      amount_fen=12345), refunded_fen=345)
+        closed = self.attempt(3)
+        closed._close(reason="超时未支付")
+        self.add_payments(fresh, paid, closed)
+        with self.store.unit_of_work() as uow:
+            for want in (fresh, paid, closed):
+                self.assert_attempt_fields(uow.payments.get(want.id), want)
+                self.assert_attempt_fields(uow.payments.by_out_trade_no(want.out_trade_no), want)
+            got = uow.payments.get(fresh.id)
+        self.assertIsNone(got.transaction_id)
+        self.assertIsNone(got.paid_at)
+        self.assertEqual((got.code_url, got.closed_reason, got.refunded_fen, got.version), ("", "", 0, 0))
+
+    def test_unknown_payment_lookups_return_nothing(self) -> None:
+        self.add_payments(self.attempt(1))
+        with self.store.unit_of_work() as uow:
+            self.assertIsNone(uow.payments.get("no-such-id"))
+            self.assertIsNone(uow.payments.by_out_trade_no("SP999999"))
+            self.assertEqual(uow.payments.for_subject("nobody"), [])
+            self.assertIsNone(uow.payments.refund_by_no("RF999999"))
+            self.assertEqual(uow.payments.refunds_for("SP000001"), [])
+
+    def test_a_duplicate_out_trade_no_or_id_conflicts_and_writes_nothing(self) -> None:
+        first = self.attempt(1, amount_fen=800)
+        self.add_payments(first)
+        again = self.attempt(1, amount_fen=999, subject_id="order-2")
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(Conflict):
+                uow.payments.add(again)
+            same_id = PaymentAttempt(**{**attempt_fields(first), "out_trade_no": "SP777777"})
+            with self.assertRaises(Conflict):
+                uow.payments.add(same_id)
+            uow.payments.add(self.attempt(2))  # the unit of work is still usable and commits
+        self.assert_attempt_fields(self.load_attempt("SP000001"), first)
+        with self.store.unit_of_work() as uow:
+            self.assertIsNone(uow.payments.by_out_trade_no("SP777777"))
+            self.assertEqual(self.trade_nos(uow.payments.find()), ["SP000001", "SP000002"])
+
+    def test_attempt_save_updates_the_named_fields_and_bumps_the_version(self) -> None:
+        attempt = self.attempt(1)
+        self.add_payments(attempt)
+        loaded = self.paid(self.load_attempt("SP000001"), refunded_fen=300)
+        with self.store.unit_of_work() as uow:
+            uow.payments.save(loaded)
+        self.assertEqual(loaded.version, 1)
+        got = self.load_attempt("SP000001")
+        self.assert_attempt_fields(got, loaded)
+        self.assertEqual((got.state, got.refunded_fen, got.transaction_id), (AttemptState.PAID, 300, "4200SP000001"))
+        requeued = attrs.evolve(got, code_url="weixin://wxpay/bizpayurl?pr=new")  # the QR content is saved too
+        with self.store.unit_of_work() as uow:
+            uow.payments.save(requeued)
+        self.assertEqual(self.load_attempt("SP000001").code_url, "weixin://wxpay/bizpayurl?pr=new")
+        closed = self.attempt(2)
+        self.add_payments(closed)
+        closing = self.load_attempt("SP000002")
+        closing._close(reason="用户取消")
+        with self.store.unit_of_work() as uow:
+            uow.payments.save(closing)
+        self.assert_attempt_fields(self.load_attempt("SP000002"), closing)
+
+    def test_a_stale_attempt_save_conflicts_and_writes_nothing(self) -> None:
+        self.add_payments(self.attempt(1))
+        first, second = self.load_attempt("SP000001"), self.load_attempt("SP000001")
+        self.paid(first)
+        with self.store.unit_of_work() as uow:
+            uow.payments.save(first)
+        second._close(reason="超时未支付")
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(Conflict):
+                uow.payments.save(second)
+        self.assertEqual(second.version, 0)
+        self.assert_attempt_fields(self.load_attempt("SP000001"), first)
+        unknown = self.attempt(9)
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(Conflict):
+                uow.payments.save(unknown)  # never added
+            self.assertIsNone(uow.payments.by_out_trade_no("SP000009"))
+
+    def test_a_loaded_attempt_is_detached_from_the_store(self) -> None:
+        self.add_payments(self.attempt(1))
+        self.paid(self.load_attempt("SP000001"))  # changed, never saved
+        self.assertIs(self.load_attempt("SP000001").state, AttemptState.PAYING)
+
+    def test_for_subject_is_oldest_first_and_keeps_add_order_on_equal_times(self) -> None:
+        late = self.attempt(1, subject_id="order-A", at_minutes=30)
+        early = self.attempt(2, subject_id="order-A", at_minutes=10)
+        tie = self.attempt(3, subject_id="order-A", at_minutes=30)
+        other = self.attempt(4, subject_id="order-B", at_minutes=5)
+        self.add_payments(late, early, tie, other)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(self.trade_nos(uow.payments.for_subject("order-A")), ["SP000002", "SP000001", "SP000003"])
+            self.assertEqual(self.trade_nos(uow.payments.for_subject("order-B")), ["SP000004"])
+
+    def test_find_filters_by_state_channel_purpose_and_half_open_time_oldest_first(self) -> None:
+        a1 = self.attempt(1, channel="wechat", at_minutes=0)
+        a2 = self.paid(self.attempt(2, channel="alipay", at_minutes=10))
+        a3 = self.attempt(3, channel="wechat", purpose=Purpose.TOPUP, subject_id="owner-1", at_minutes=20)
+        a4 = self.paid(self.attempt(4, channel="wechat", at_minutes=30))
+        self.add_payments(a4, a3, a2, a1)  # added newest first: the order must come from created_at
+        t = SAMPLE_TIME
+
+        def find(**kwargs: object) -> list[str]:
+            with self.store.unit_of_work() as uow:
+                return self.trade_nos(uow.payments.find(**kwargs))
+
+        self.assertEqual(find(), ["SP000001", "SP000002", "SP000003", "SP000004"])
+        self.assertEqual(find(state=AttemptState.PAID), ["SP000002", "SP000004"])
+        self.assertEqual(find(state=AttemptState.CLOSED), [])
+        self.assertEqual(find(channel="wechat"), ["SP000001", "SP000003", "SP000004"])
+        self.assertEqual(find(purpose="topup"), ["SP000003"])
+        self.assertEqual(find(purpose=Purpose.ORDER, channel="wechat"), ["SP000001", "SP000004"])
+        self.assertEqual(find(since=t + timedelta(minutes=10), until=t + timedelta(minutes=30)),
+                         ["SP000002", "SP000003"])
+        self.assertEqual(find(since=t + timedelta(minutes=10, microseconds=1)), ["SP000003", "SP000004"])
+        self.assertEqual(find(state=AttemptState.PAID, since=t + timedelta(minutes=11)), ["SP000004"])
+        self.assertEqual(find(limit=2), ["SP000001", "SP000002"])
+
+    def test_record_notification_is_true_once_per_channel_and_notify_id(self) -> None:
+        at = SAMPLE_TIME
+        with self.store.unit_of_work() as uow:
+            self.assertTrue(uow.payments.record_notification("wechat", "n-1", "SP000001", at))
+            self.assertFalse(uow.payments.record_notification("wechat", "n-1", "SP000001", at))
+        with self.store.unit_of_work() as uow:
+            self.assertFalse(uow.payments.record_notification("wechat", "n-1", "SP000002", at + timedelta(hours=1)))
+            self.assertTrue(uow.payments.record_notification("alipay", "n-1", "SP000001", at))
+            self.assertTrue(uow.payments.record_notification("wechat", "n-2", "SP000001", at))
+        with self.store.unit_of_work() as uow:
+            self.assertFalse(uow.payments.record_notification("alipay", "n-1", "SP000001", at))
+            self.assertFalse(uow.payments.record_notification("wechat", "n-2", "SP000001", at))
+
+    def test_notifications_lists_the_recorded_callbacks_in_recording_order(self) -> None:
+        at = SAMPLE_TIME
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.payments.notifications(), [])
+            uow.payments.record_notification("wechat", "n-2", "SP000002", at + timedelta(minutes=5))
+            uow.payments.record_notification("alipay", "n-1", "SP000001", at)
+            uow.payments.record_notification("wechat", "n-2", "SP000009", at)  # a replay: not recorded
+        with self.store.unit_of_work() as uow:
+            seen = uow.payments.notifications()
+        self.assertEqual(seen, [("wechat", "n-2", "SP000002", at + timedelta(minutes=5)),
+                                ("alipay", "n-1", "SP000001", at)])
+        self.assertIsNotNone(seen[0][3].tzinfo)
+
+    # -- payments: refunds --------------------------------------------------------------------------
+    def test_refund_round_trips_every_field_and_save_is_version_checked(self) -> None:
+        self.add_payments(self.paid(self.attempt(1)))
+        refund = self.refund("SP000001", 1, amount_fen=300)
+        self.add_payments(refund)
+        with self.store.unit_of_work() as uow:
+            got = uow.payments.refund_by_no("RF000001")
+        self.assert_refund_fields(got, refund)
+        self.assertIsNone(got.finished_at)
+        stale = copy.copy(got)
+        got._finish(RefundState.SUCCEEDED, at=SAMPLE_TIME + timedelta(hours=1), detail="SUCCESS 已退回零钱")
+        with self.store.unit_of_work() as uow:
+            uow.payments.save_refund(got)
+        self.assertEqual(got.version, 1)
+        stale._finish(RefundState.FAILED, at=SAMPLE_TIME + timedelta(hours=2), detail="ABNORMAL")
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(Conflict):
+                uow.payments.save_refund(stale)
+            self.assert_refund_fields(uow.payments.refund_by_no("RF000001"), got)
+            with self.assertRaises(Conflict):
+                uow.payments.save_refund(self.refund("SP000001", 2))  # never added
+            self.assertIsNone(uow.payments.refund_by_no("RF000002"))
+        self.assertEqual(stale.version, 0)
+
+    def test_a_duplicate_out_refund_no_conflicts_and_writes_nothing(self) -> None:
+        first = self.refund("SP000001", 1, amount_fen=100)
+        self.add_payments(first)
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(Conflict):
+                uow.payments.add_refund(self.refund("SP000002", 1, amount_fen=500))
+            uow.payments.add_refund(self.refund("SP000001", 2))
+        with self.store.unit_of_work() as uow:
+            self.assert_refund_fields(uow.payments.refund_by_no("RF000001"), first)
+            self.assertEqual(uow.payments.refunds_for("SP000002"), [])
+            self.assertEqual(len(uow.payments.refunds_for("SP000001")), 2)
+
+    def test_refunds_for_and_between_are_oldest_first(self) -> None:
+        r1 = self.refund("SP000001", 1, at_minutes=30)
+        r2 = self.refund("SP000001", 2, at_minutes=10)
+        r3 = self.refund("SP000002", 3, at_minutes=20)
+        r4 = self.refund("SP000001", 4, at_minutes=30)
+        self.add_payments(r1, r2, r3, r4)
+        t = SAMPLE_TIME
+        with self.store.unit_of_work() as uow:
+            self.assertEqual([r.out_refund_no for r in uow.payments.refunds_for("SP000001")],
+                             ["RF000002", "RF000001", "RF000004"])
+            self.assertEqual([r.out_refund_no for r in uow.payments.refunds_between(t, t + timedelta(hours=1))],
+                             ["RF000002", "RF000003", "RF000001", "RF000004"])
+            self.assertEqual([r.out_refund_no for r in uow.payments.refunds_between(
+                t + timedelta(minutes=10), t + timedelta(minutes=30))], ["RF000002", "RF000003"])
+            self.assertEqual([r.out_refund_no for r in uow.payments.refunds_between(
+                t + timedelta(minutes=11), t + timedelta(hours=1), limit=2)], ["RF000003", "RF000001"])
+
+    # -- outbox: helpers ----------------------------------------------------------------------------
+    def message(self, n: int, *, recipient_id: str = "owner-1", kind: str = "entry_reminder", channel: str = "sms",
+                at_minutes: int | None = None, urgent: bool = False, not_before: datetime | None = None,
+                address: str | None = None, dedupe_key: str | None = None,
+                fallback_of: str | None = None) -> OutboxMessage:
+        """Message ``n`` (dedupe key ``k{n}``) to phone ``138{n:08d}``, created ``at_minutes`` (default ``n``) after
+        SAMPLE_TIME."""
+        at = SAMPLE_TIME + timedelta(minutes=n if at_minutes is None else at_minutes)
+        return OutboxMessage.create(
+            dedupe_key=dedupe_key or f"k{n}", kind=kind, recipient_kind="owner", recipient_id=recipient_id,
+            channel=channel, address=address or f"138{n:08d}",
+            params={"plate": "京A·***45", "minutes": str(n)}, text=f"您的车辆京A·***45已入场 {n} 分钟",
+            at=at, urgent=urgent, not_before=not_before, fallback_of=fallback_of)
+
+    def add_messages(self, *messages: OutboxMessage) -> None:
+        with self.store.unit_of_work() as uow:
+            for m in messages:
+                self.assertTrue(uow.outbox.add(m))
+
+    def save_message(self, message: OutboxMessage) -> None:
+        with self.store.unit_of_work() as uow:
+            uow.outbox.save(message)
+
+    def load_message(self, message_id: str) -> OutboxMessage:
+        with self.store.unit_of_work() as uow:
+            message = uow.outbox.get(message_id)
+        self.assertIsNotNone(message)
+        return message
+
+    def assert_message_fields(self, got: OutboxMessage | None, want: OutboxMessage) -> None:
+        self.assert_fields(got, want, [name for name in message_fields(want) if name != "params"])
+        self.assertEqual(got.params, want.params)
+        self.assertIsInstance(got.params, dict)
+        self.assertIsInstance(got.state, MessageState)
+        self.assertIs(got.urgent, want.urgent)
+
+    def message_ns(self, messages: list[OutboxMessage]) -> list[str]:
+        return [m.dedupe_key for m in messages]
+
+    # -- outbox ---------------------------------------------------------------------------------------
+    def test_outbox_message_round_trips_every_field(self) -> None:
+        plain = self.message(1)
+        rich = self.message(2, urgent=True, channel="wechat", address="oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
+                            not_before=SAMPLE_TIME + timedelta(hours=9), fallback_of="msg-0")
+        self.add_messages(plain, rich)
+        with self.store.unit_of_work() as uow:
+            for want in (plain, rich):
+                self.assert_message_fields(uow.outbox.get(want.id), want)
+                self.assert_message_fields(uow.outbox.by_dedupe_key(want.dedupe_key), want)
+            self.assertIsNone(uow.outbox.get("no-such-id"))
+            self.assertIsNone(uow.outbox.by_dedupe_key("no-such-key"))
+        got = self.load_message(plain.id)
+        self.assertEqual((got.next_attempt_at, got.lease_until, got.sent_at, got.fallback_of), (None, None, None, None))
+        self.assertEqual((got.urgent, got.attempts, got.version), (False, 0, 0))
+        now = SAMPLE_TIME + timedelta(minutes=5)
+        got._claim(now, timedelta(seconds=60))
+        self.save_message(got)
+        self.assert_message_fields(self.load_message(plain.id), got)
+        got._sent(now + timedelta(seconds=2), vendor_code="OK", vendor_message_id="biz-123", detail="发送成功")
+        self.save_message(got)
+        self.assertEqual(got.version, 2)
+        self.assert_message_fields(self.load_message(plain.id), got)
+
+    def test_adding_a_duplicate_dedupe_key_returns_false_and_writes_nothing(self) -> None:
+        first = self.message(1)
+        self.add_messages(first)
+        with self.store.unit_of_work() as uow:
+            self.assertFalse(uow.outbox.add(self.message(2, dedupe_key="k1", recipient_id="owner-2")))
+            self.assertTrue(uow.outbox.add(self.message(3)))
+        with self.store.unit_of_work() as uow:
+            self.assert_message_fields(uow.outbox.by_dedupe_key("k1"), first)
+            self.assertEqual(uow.outbox.list(recipient_id="owner-2"), [])
+            self.assertEqual(uow.outbox.count_by_state(), {"pending": 2})
+
+    def test_a_stale_message_save_conflicts_and_writes_nothing(self) -> None:
+        self.add_messages(self.message(1))
+        mine, theirs = self.load_message(self.message_id("k1")), self.load_message(self.message_id("k1"))
+        now = SAMPLE_TIME + timedelta(minutes=5)
+        theirs._claim(now, timedelta(seconds=60))
+        self.save_message(theirs)
+        mine._claim(now, timedelta(seconds=60))
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(Conflict):
+                uow.outbox.save(mine)
+            uow.outbox.add(self.message(2))  # still usable
+        self.assertEqual(mine.version, 0)
+        self.assert_message_fields(self.load_message(theirs.id), theirs)
+        with self.store.unit_of_work() as uow:
+            with self.assertRaises(Conflict):
+                uow.outbox.save(self.message(9))  # never added
+            self.assertIsNone(uow.outbox.by_dedupe_key("k9"))
+
+    def message_id(self, dedupe_key: str) -> str:
+        with self.store.unit_of_work() as uow:
+            message = uow.outbox.by_dedupe_key(dedupe_key)
+        self.assertIsNotNone(message)
+        return message.id
+
+    def test_a_loaded_message_is_detached_from_the_store(self) -> None:
+        self.add_messages(self.message(1))
+        loaded = self.load_message(self.message_id("k1"))
+        loaded._cancel(SAMPLE_TIME, detail="x")  # never saved
+        self.assertIs(self.load_message(loaded.id).state, MessageState.PENDING)
+
+    def test_due_returns_open_messages_whose_time_has_come_oldest_first(self) -> None:
+        now = SAMPLE_TIME + timedelta(hours=1)
+        lease = timedelta(seconds=60)
+        asap = self.message(5)
+        on_time = self.message(3, not_before=now)
+        later = self.message(1, not_before=now + timedelta(microseconds=1))
+        retrying = self.message(4)
+        retrying._claim(SAMPLE_TIME, lease)
+        retrying._retry(SAMPLE_TIME, now - timedelta(minutes=1), vendor_code="isv.BUSINESS_LIMIT_CONTROL")
+        retry_later = self.message(6)
+        retry_later._claim(SAMPLE_TIME, lease)
+        retry_later._retry(SAMPLE_TIME, now + timedelta(minutes=1))
+        sending, sent, failed, cancelled = self.message(7), self.message(8), self.message(9), self.message(10)
+        for m in (sending, sent, failed):
+            m._claim(SAMPLE_TIME, lease)
+        sent._sent(SAMPLE_TIME)
+        failed._fail(SAMPLE_TIME, vendor_code="isv.MOBILE_NUMBER_ILLEGAL")
+        cancelled._cancel(SAMPLE_TIME)
+        tie = self.message(11, at_minutes=3)
+        self.add_messages(asap, on_time, later, retrying, retry_later, sending, sent, failed, cancelled, tie)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(self.message_ns(uow.outbox.due(now)), ["k3", "k11", "k4", "k5"])
+            self.assertEqual(self.message_ns(uow.outbox.due(now, limit=2)), ["k3", "k11"])
+            self.assertEqual(self.message_ns(uow.outbox.due(now + timedelta(minutes=1))),
+                             ["k1", "k3", "k11", "k4", "k5", "k6"])
+            self.assertEqual(self.message_ns(uow.outbox.due(SAMPLE_TIME)), ["k11", "k5"])
+
+    def test_in_doubt_returns_sending_messages_whose_lease_ended_oldest_first(self) -> None:
+        now = SAMPLE_TIME + timedelta(hours=1)
+        expired = self.message(3)
+        expired._claim(now - timedelta(minutes=2), timedelta(minutes=1))
+        just_expired = self.message(1)
+        just_expired._claim(now - timedelta(minutes=1), timedelta(minutes=1))  # lease_until == now
+        leased = self.message(2)
+        leased._claim(now, timedelta(minutes=1))
+        pending = self.message(4)
+        sent = self.message(5)
+        sent._claim(now - timedelta(hours=1), timedelta(minutes=1))
+        sent._sent(now - timedelta(hours=1))
+        self.add_messages(expired, just_expired, leased, pending, sent)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(self.message_ns(uow.outbox.in_doubt(now)), ["k1", "k3"])
+            self.assertEqual(self.message_ns(uow.outbox.in_doubt(now, limit=1)), ["k1"])
+            self.assertEqual(self.message_ns(uow.outbox.in_doubt(now + timedelta(minutes=1))), ["k1", "k2", "k3"])
+            self.assertEqual(uow.outbox.in_doubt(SAMPLE_TIME), [])
+
+    def test_outbox_list_filters_newest_first(self) -> None:
+        m1 = self.message(1, kind="entry_reminder", recipient_id="owner-1")
+        m2 = self.message(2, kind="lot_full", recipient_id="owner-2")
+        m3 = self.message(3, kind="entry_reminder", recipient_id="owner-2")
+        m4 = self.message(4, kind="entry_reminder", recipient_id="owner-1", at_minutes=3)  # ties with m3
+        m3._cancel(SAMPLE_TIME)
+        self.add_messages(m3, m1, m4, m2)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(self.message_ns(uow.outbox.list()), ["k4", "k3", "k2", "k1"])
+            self.assertEqual(self.message_ns(uow.outbox.list(limit=2)), ["k4", "k3"])
+            self.assertEqual(self.message_ns(uow.outbox.list(state=MessageState.PENDING)), ["k4", "k2", "k1"])
+            self.assertEqual(self.message_ns(uow.outbox.list(state=MessageState.CANCELLED)), ["k3"])
+            self.assertEqual(self.message_ns(uow.outbox.list(kind="entry_reminder")), ["k4", "k3", "k1"])
+            self.assertEqual(self.message_ns(uow.outbox.list(recipient_id="owner-2")), ["k3", "k2"])
+            self.assertEqual(self.message_ns(uow.outbox.list(kind="entry_reminder", recipient_id="owner-1",
+                                                             state=MessageState.PENDING)), ["k4", "k1"])
+            self.assertEqual(uow.outbox.list(kind="device_offline"), [])
+
+    def test_count_by_state(self) -> None:
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.outbox.count_by_state(), {})
+        a, b, c, d = self.message(1), self.message(2), self.message(3), self.message(4)
+        for m in (b, c, d):
+            m._claim(SAMPLE_TIME, timedelta(minutes=1))
+        c._sent(SAMPLE_TIME)
+        d._fail(SAMPLE_TIME)
+        self.add_messages(a, b, c, d, self.message(5))
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.outbox.count_by_state(), {"pending": 2, "sending": 1, "sent": 1, "failed": 1})
+
+    def test_count_sent_since_counts_sent_and_sending_messages_to_the_recipient(self) -> None:
+        t = SAMPLE_TIME + timedelta(hours=1)
+        lease = timedelta(minutes=1)
+        old_sent = self.message(1)
+        old_sent._claim(t - timedelta(minutes=10), lease)
+        old_sent._sent(t - timedelta(minutes=10))
+        sent = self.message(2)
+        sent._claim(t - timedelta(minutes=1), lease)
+        sent._sent(t)  # exactly at `since`: counted
+        sending = self.message(3)
+        sending._claim(t + timedelta(minutes=1), lease)
+        failed = self.message(4)
+        failed._claim(t + timedelta(minutes=1), lease)
+        failed._fail(t + timedelta(minutes=1))
+        pending = self.message(5, at_minutes=90)
+        other = self.message(6, recipient_id="owner-2")
+        other._claim(t + timedelta(minutes=1), lease)
+        other._sent(t + timedelta(minutes=1))
+        self.add_messages(old_sent, sent, sending, failed, pending, other)
+        with self.store.unit_of_work() as uow:
+            self.assertEqual(uow.outbox.count_sent_since("owner-1", t), 2)
+            self.assertEqual(uow.outbox.count_sent_since("owner-1", t - timedelta(hours=1)), 3)
+            self.assertEqual(uow.outbox.count_sent_since("owner-1", t + timedelta(minutes=2)), 0)
+            self.assertEqual(uow.outbox.count_sent_since("owner-2", t), 1)
+            self.assertEqual(uow.outbox.count_sent_since("nobody", t), 0)
+
+    def test_an_exception_rolls_back_every_payment_and_outbox_write(self) -> None:
+        attempt, refund, message = self.attempt(1), self.refund("SP000001", 1), self.message(1)
+        self.add_payments(attempt, refund)
+        self.add_messages(message)
+        with self.assertRaises(_Boom):
+            with self.store.unit_of_work() as uow:
+                uow.payments.save(self.paid(uow.payments.get(attempt.id)))
+                uow.payments.add(self.attempt(2))
+                self.assertTrue(uow.payments.record_notification("wechat", "n-1", "SP000001", SAMPLE_TIME))
+                finishing = uow.payments.refund_by_no("RF000001")
+                finishing._finish(RefundState.SUCCEEDED, at=SAMPLE_TIME)
+                uow.payments.save_refund(finishing)
+                uow.payments.add_refund(self.refund("SP000001", 2))
+                claimed = uow.outbox.get(message.id)
+                claimed._claim(SAMPLE_TIME, timedelta(minutes=1))
+                uow.outbox.save(claimed)
+                self.assertTrue(uow.outbox.add(self.message(2)))
+                raise _Boom
+        with self.store.unit_of_work() as uow:
+            self.assert_attempt_fields(uow.payments.get(attempt.id), attempt)
+            self.assertIsNone(uow.payments.by_out_trade_no("SP000002"))
+            self.assertEqual(uow.payments.notifications(), [])
+            self.assertTrue(uow.payments.record_notification("wechat", "n-1", "SP000001", SAMPLE_TIME))
+            self.assert_refund_fields(uow.payments.refund_by_no("RF000001"), refund)
+            self.assertIsNone(uow.payments.refund_by_no("RF000002"))
+            self.assert_message_fields(uow.outbox.get(message.id), message)
+            self.assertIsNone(uow.outbox.by_dedupe_key("k2"))
+            self.assertEqual(uow.outbox.count_by_state(), {"pending": 1})
 
     # -- units of work ------------------------------------------------------------------------------
     def test_an_exception_rolls_back_everything_written_in_the_unit_of_work(self) -> None:

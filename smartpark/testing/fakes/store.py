@@ -61,7 +61,8 @@ class _State:
     devices: dict[str, DeviceState] = attrs.Factory(dict)
     lot: dict[str, str] = attrs.Factory(dict)
     attempts: dict[str, PaymentAttempt] = attrs.Factory(dict)  # by out_trade_no, insertion order
-    notifications: set[tuple[str, str]] = attrs.Factory(set)  # (channel, notify_id)
+    # (channel, notify_id) -> (out_trade_no, at), in recording order
+    notifications: dict[tuple[str, str], tuple[str, datetime]] = attrs.Factory(dict)
     refunds: dict[str, Refund] = attrs.Factory(dict)  # by out_refund_no, insertion order
     outbox: dict[str, OutboxMessage] = attrs.Factory(dict)  # by id, insertion order
     dedupe_keys: dict[str, str] = attrs.Factory(dict)  # dedupe_key -> message id
@@ -468,6 +469,10 @@ class _Decisions:
         mine = [d for d in reversed(self._work.state.decisions) if lane is None or d.lane == lane]
         return sorted(mine, key=lambda d: d.at, reverse=True)[:limit]
 
+    def first_for_read(self, lane: str, read_event_id: str) -> Decision | None:
+        return next((d for d in self._work.state.decisions
+                     if d.lane == lane and d.read_event_id == read_event_id), None)
+
     def count_between(self, since: datetime, until: datetime, *, direction: str | None = None,
                       outcome: str | None = None) -> int:
         _require_aware(since, until)
@@ -588,10 +593,16 @@ class _Payments:
 
     def record_notification(self, channel: str, notify_id: str, out_trade_no: str, at: datetime) -> bool:
         state = self._work.state
+        _require_aware(at)
         if (channel, notify_id) in state.notifications:
             return False
-        state.notifications = state.notifications | {(channel, notify_id)}
+        state.notifications = {**state.notifications, (channel, notify_id): (out_trade_no, at)}
         return True
+
+    def notifications(self) -> list[tuple[str, str, str, datetime]]:
+        """Every recorded callback as ``(channel, notify_id, out_trade_no, at)``, in recording order."""
+        return [(channel, notify_id, out_trade_no, at)
+                for (channel, notify_id), (out_trade_no, at) in self._work.state.notifications.items()]
 
     def add_refund(self, refund: Refund) -> None:
         state = self._work.state

@@ -24,6 +24,7 @@ from .common import (
     ui_thread,
 )
 from .lot import free_colour
+from .paydialogs import show_payment_qr
 
 try:  # optional: JPEG pictures (cameras usually send JPEG); without it a placeholder names the file
     from PIL import Image as _PILImage  # type: ignore[import-not-found]
@@ -173,7 +174,7 @@ class LanePanel:
             self._paint.set(self.buttons["cash"], text=f"现金收费 {c_money(s.amount_fen)}")
             wanted += ["cash", "pay_qr"]
             online = self.shell.controller.payment_features().pay_qr
-            self._paint.set(self.buttons["pay_qr"], text="显示付款二维码" if online else "付款二维码（即将推出）",
+            self._paint.set(self.buttons["pay_qr"], text="显示付款二维码" if online else "付款二维码（未开通）",
                             state="normal" if online else "disabled")
         if s.reg_url:
             wanted += ["reg_qr", "register"]
@@ -253,18 +254,12 @@ class LanePanel:
         return ImageDialog(self.shell, f"登记二维码 — {self.lane.title}", image=image, caption=caption,
                            fallback=note)
 
-    def show_pay_qr(self) -> ImageDialog | None:
+    def show_pay_qr(self) -> Any:
+        """The order's payment QR code on a chosen channel (polled until paid; the gate opens on payment)."""
         s = self.state
         if not s.order_id:
             return None
-        try:
-            url = self.shell.controller.payment_url(s.order_id)
-        except Exception as e:  # noqa: BLE001 - shown to the attendant
-            self.shell.status(zh(e), error=True)
-            return None
-        image, note = self.shell.qr_image(url)
-        return ImageDialog(self.shell, f"付款二维码 — {self.lane.title}", image=image,
-                           caption=f"请扫码支付 {c_money(s.amount_fen)}", fallback=note)
+        return show_payment_qr(self.shell, s.order_id, f"付款二维码 — {self.lane.title}")
 
     def register_here(self) -> None:
         self.shell.open_visitor_registration(self.lane.id)

@@ -1,13 +1,17 @@
-"""支付查询: orders by plate, day and state, with each order's history. Receipts and refunds arrive with the
-payments work in the core; until then they say "即将推出" (nothing is faked)."""
+"""支付查询: orders by plate, day and state, with each order's history; for the selected order 付款二维码 (an
+open order, on a chosen channel), 打印收据 (a paid order: the receipt PDF is saved and its path shown) and 退款
+(a paid online payment only; the reason it is not possible is shown beside the button)."""
 
 from __future__ import annotations
 
 import tkinter as tk
+from pathlib import Path
 from tkinter import ttk
+from typing import Any
 
 from ..controllers import STATE_ZH, FormErrors, OrderRow, zh
-from .common import Shell, fill, tree, ui_thread
+from .common import MessageDialog, Shell, fill, tree, ui_thread
+from .paydialogs import ask_refund, show_payment_qr
 
 STATES = [("", "全部")] + [(s.value, label) for s, label in STATE_ZH.items()]
 
@@ -53,16 +57,20 @@ class PaymentsView:
         self.history.pack(fill="both", expand=True)
         side = ttk.Frame(bottom)
         side.grid(row=0, column=1, sticky="ne", padx=(12, 0))
-        features = shell.controller.payment_features()
-        self.receipt = ttk.Button(side, text="打印收据" if features.receipt else "打印收据（即将推出）",
-                                  state="normal" if features.receipt else "disabled")
-        self.receipt.pack(fill="x")
-        self.refund = ttk.Button(side, text="退款" if features.refund else "退款（即将推出）",
-                                 state="normal" if features.refund else "disabled")
+        self.features = shell.controller.payment_features()
+        self.pay_qr = ttk.Button(side, text="付款二维码", state="disabled", command=self.show_pay_qr)
+        self.pay_qr.pack(fill="x")
+        self.receipt = ttk.Button(side, text="打印收据", state="disabled", command=self.print_receipt)
+        self.receipt.pack(fill="x", pady=(6, 0))
+        self.refund = ttk.Button(side, text="退款", state="disabled", command=self.ask_refund)
         self.refund.pack(fill="x", pady=(6, 0))
+        self.hint = ttk.Label(side, text="请选择一笔订单", style="Muted.TLabel", wraplength=220, justify="left")
+        self.hint.pack(anchor="w", pady=(6, 0))
         self.total = ttk.Label(side, text="", font=f.bold)
         self.total.pack(anchor="e", pady=(10, 0))
         self.rows: dict[str, OrderRow] = {}
+        self.refund_rule: Any = None
+        self.last_receipt: Path | None = None
 
     def focus_search(self) -> None:
         self.plate_entry.focus_set()
@@ -96,3 +104,66 @@ class PaymentsView:
             self.history.insert("end", f"订单号 {row.order_id}")
             for line in row.history:
                 self.history.insert("end", line)
+        self._buttons(row)
+
+    # -- 付款二维码 / 打印收据 / 退款 ---------------------------------------------------------------------------
+    def selected(self) -> OrderRow | None:
+        sel = self.results.selection()
+        return self.rows.get(sel[0]) if sel else None
+
+    def _buttons(self, row: OrderRow | None) -> None:
+        """Enable what the selected order allows; say why the rest is not possible."""
+        f = self.features
+        self.refund_rule = None
+        if row is None:
+            for b in (self.pay_qr, self.receipt, self.refund):
+                b.configure(state="disabled")
+            self.hint.configure(text="请选择一笔订单")
+            return
+        is_open = row.state_code in ("created", "paying")
+        is_paid = row.state_code in ("paid", "refunded")
+        self.pay_qr.configure(state="normal" if is_open and f.pay_qr else "disabled")
+        self.receipt.configure(state="normal" if is_paid and f.receipt else "disabled")
+        hints = []
+        if is_open and not f.pay_qr:
+            hints.append("线上支付未开通，请收取现金")
+        if f.refund:
+            rule = self.shell.controller.pay.refund_rule(row.order_id, row.state_code, row.channel_code)
+            self.refund_rule = rule if rule.allowed else None
+            self.refund.configure(state="normal" if rule.allowed else "disabled")
+            if is_paid:
+                hints.append(rule.why)
+        else:
+            self.refund.configure(state="disabled")
+        self.hint.configure(text="；".join(hints))
+
+    def show_pay_qr(self) -> Any:
+        row = self.selected()
+        if row is None or row.state_code not in ("created", "paying"):
+            return None
+        return show_payment_qr(self.shell, row.order_id, f"付款二维码 — {row.plate} {row.amount}")
+
+    def print_receipt(self) -> None:
+        row = self.selected()
+        if row is None:
+            return
+        desk = self.shell.controller.pay
+
+        def saved(path: Path) -> None:
+            self.last_receipt = path
+            self.shell.status(f"收据已保存：{path}")
+            MessageDialog(self.shell, "打印收据", f"收据（PDF）已保存到\n{path}\n请从该文件打印。", tone="ok")
+
+        self.shell.run_task(lambda: desk.save_receipt(row.order_id), on_ok=saved,
+                            on_error=lambda e: self.shell.status(zh(e), error=True))
+
+    def ask_refund(self) -> Any:
+        row, rule = self.selected(), self.refund_rule
+        if row is None or rule is None:
+            return None
+
+        def done(text: str) -> None:
+            self.shell.status(text)
+            self.search()
+
+        return ask_refund(self.shell, rule, row.plate, done)
