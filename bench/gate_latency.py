@@ -54,6 +54,7 @@ from smartpark.adapters.camera_hikvision.simulator import build_alert_xml  # noq
 from smartpark.adapters.gate_tcp.simulator import GateSimulator  # noqa: E402
 from smartpark.infra.broker import ensure_broker, parse_address  # noqa: E402
 from smartpark.infra.mqtt import BrokerSettings, MqttConnection  # noqa: E402
+from smartpark.testing.harness import free_port  # noqa: E402
 from smartpark.testing.samples import sample_id_number, sample_phone  # noqa: E402
 from smartpark.testing.toml_writer import to_toml  # noqa: E402
 
@@ -297,14 +298,6 @@ def _simulator_main(conn: Any, lanes: list[str], dedup_ttl_s: float) -> None:
             conn.send(list(sim.history[start:]))
     finally:
         sim.stop()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServiceFailed(SystemExit):

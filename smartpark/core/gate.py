@@ -562,9 +562,7 @@ class ParkingService:
         p = plate if isinstance(plate, Plate) else Plate.parse(plate)
         now = self._clock.now()
         with self._store.unit_of_work() as uow:
-            session = uow.sessions.open_by_plate(p)
-            if session is None:
-                raise NotFound(f"没有找到 {p.masked} 的在场记录", f"no open stay for {p.masked}")
+            session = _open_stay(uow, p)
             paid = sum(o.amount_fen for o in uow.orders.for_session(session.id) if o.state is OrderState.PAID)
         return self._stay_view(session, now, paid)
 
@@ -615,9 +613,7 @@ class ParkingService:
         p = plate if isinstance(plate, Plate) else Plate.parse(plate)
         now = self._clock.now()
         with self._store.unit_of_work() as uow:
-            session = uow.sessions.open_by_plate(p)
-            if session is None:
-                raise NotFound(f"没有找到 {p.masked} 的在场记录", f"no open stay for {p.masked}")
+            session = _open_stay(uow, p)
             if session.holder_kind is HolderKind.OWNER:
                 raise ValidationError("业主车辆离场时自动从余额扣费，无需预付",
                                       "owners' stays are charged to their balance at the exit", field="plate")
@@ -868,6 +864,13 @@ def _recorded(d: Decision) -> ev.DecisionRecorded:
                                reason=d.reason, message=d.message, plate=d.plate.masked if d.plate else None,
                                holder_kind=d.holder_kind, session_id=d.session_id, order_id=d.order_id,
                                gate_ok=d.gate_ok)
+
+
+def _open_stay(uow: Any, plate: Plate) -> ParkingSession:
+    session = uow.sessions.open_by_plate(plate)
+    if session is None:
+        raise NotFound(f"没有找到 {plate.masked} 的在场记录", f"no open stay for {plate.masked}")
+    return session
 
 
 def _minutes(session: ParkingSession, now: datetime) -> int:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 from collections import Counter
 from datetime import timedelta
@@ -24,22 +23,13 @@ from pathlib import Path
 from smartpark.bootstrap import bootstrap
 from smartpark.core.outbox import MessageState, OutboxMessage
 from smartpark.testing.aliyun_sms_sandbox import AliyunSmsSandbox
+from smartpark.testing.harness import wait_for
 from smartpark.testing.samples import sample_phone
 from smartpark.testing.toml_writer import to_toml
 
 N = 20
 K = 8  # the message the sandbox records and then stalls on
 SECRET_ENV = "SMARTPARK_TEST_SMS_SECRET"
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class DeliveryCrashTest(unittest.TestCase):

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,35 +32,12 @@ from pathlib import Path
 from smartpark.adapters.gate_tcp.simulator import GateSimulator
 from smartpark.bootstrap import bootstrap
 from smartpark.infra.mqtt import BrokerSettings, MqttConnection
+from smartpark.testing.harness import anpr_alert, free_port, port_open, wait_for
 from smartpark.testing.samples import sample_id_number, sample_phone
 from smartpark.testing.toml_writer import to_toml
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hikvision"
 PLATES = [f"京A{n:05d}" for n in range(1, 13)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def alert(plate: str, event_id: str) -> bytes:
-    """The captured ISAPI ANPR sample with our plate and event id."""
-    xml = (FIXTURES / "anpr_1.xml").read_text(encoding="utf-8")
-    xml = xml.replace("<licensePlate>KH35192</licensePlate>", f"<licensePlate>{plate}</licensePlate>")
-    xml = re.sub(r"<UUID>[^<]*</UUID>", f"<UUID>{event_id}</UUID>", xml)
-    return re.sub(r"<pId>[^<]*</pId>", lambda m: f"<pId>{event_id}-{m.start()}</pId>", xml).encode()
 
 
 class PrivateBroker:
@@ -84,7 +59,7 @@ class PrivateBroker:
     def start(self) -> None:
         self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        wait_for(lambda: _port_open(self.port), 10, "the private broker")
+        wait_for(lambda: port_open(self.port), 10, "the private broker")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -94,14 +69,6 @@ class PrivateBroker:
     def close(self) -> None:
         self.stop()
         self.dir.cleanup()
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class Lot:
@@ -363,3 +330,7 @@ class FullLotTest(unittest.TestCase):
         reasons = {d.read_event_id: d.reason for d in lot.records()[0]}
         self.assertEqual(reasons["full-visitor"], "lot_full")
         self.assertEqual(sum(1 for c in lot.sim.history if c.op == "open"), 2)
+
+
+def alert(plate: str, event_id: str) -> bytes:
+    return anpr_alert(FIXTURES / "anpr_1.xml", plate, event_id)

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from smartpark.adapters.gate_tcp.simulator import GateSimulator
 from smartpark.bootstrap import bootstrap
 from smartpark.core.parking import OrderState
 from smartpark.core.payments import AttemptState
+from smartpark.testing.harness import anpr_alert, free_port, wait_for
 from smartpark.testing.samples import sample_id_number, sample_phone
 from smartpark.testing.toml_writer import to_toml
 from smartpark.testing.wechatpay_sandbox import WeChatPaySandbox
@@ -41,29 +41,6 @@ from smartpark.testing.wechatpay_sandbox import WeChatPaySandbox
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hikvision"
 PLATE = "沪D20001"
 KEY_ENV = "SMARTPARK_TEST_WECHATPAY_KEY"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def alert(plate: str, event_id: str) -> bytes:
-    xml = (FIXTURES / "anpr_1.xml").read_text(encoding="utf-8")
-    xml = xml.replace("<licensePlate>KH35192</licensePlate>", f"<licensePlate>{plate}</licensePlate>")
-    xml = re.sub(r"<UUID>[^<]*</UUID>", f"<UUID>{event_id}</UUID>", xml)
-    return re.sub(r"<pId>[^<]*</pId>", lambda m: f"<pId>{event_id}-{m.start()}</pId>", xml).encode()
 
 
 class PaidLot:
@@ -274,3 +251,7 @@ class PaymentCrashTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def alert(plate: str, event_id: str) -> bytes:
+    return anpr_alert(FIXTURES / "anpr_1.xml", plate, event_id)

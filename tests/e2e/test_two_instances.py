@@ -64,6 +64,7 @@ from smartpark.bootstrap import bootstrap
 from smartpark.core.notify import KINDS
 from smartpark.infra.mqtt import BrokerSettings, MqttConnection
 from smartpark.testing.aliyun_sms_sandbox import AliyunSmsSandbox
+from smartpark.testing.harness import free_port, wait_for
 from smartpark.testing.samples import sample_id_number, sample_phone
 from smartpark.testing.toml_writer import to_toml
 from smartpark.testing.wechatpay_sandbox import WeChatPaySandbox
@@ -77,24 +78,6 @@ KILL_AT, RESTART_AFTER = 2000, 600  # kill one instance after this many reads; r
 ADMIT = {"owner", "visitor_returning", "visitor_registered"}  # decisions that open a stay (direction "in")
 RELEASE = {"owner", "free", "paid"}  # decisions that close a stay (direction "out")
 CLOCK_SLACK = timedelta(seconds=2)  # see "each plate's stays" below; a car's next read comes ~4 s later
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def owner_plate(n: int) -> str:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import re
-import socket
 import tempfile
 import unittest
 from datetime import UTC, datetime, timedelta
@@ -34,17 +32,12 @@ from smartpark.core.parking import OrderState
 from smartpark.core.payments import AttemptState
 from smartpark.plugins import Plugins
 from smartpark.testing.alipay_sandbox import AlipaySandbox
+from smartpark.testing.harness import anpr_alert, free_port
 from smartpark.testing.samples import sample_id_number, sample_phone
 from smartpark.testing.wechatpay_sandbox import WeChatPaySandbox, new_rsa_key
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hikvision"
 _n = iter(range(1, 1_000_000))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def plugins() -> Plugins:
@@ -56,11 +49,7 @@ def plugins() -> Plugins:
 
 
 def alert(plate: str) -> bytes:
-    n = next(_n)
-    xml = (FIXTURES / "anpr_1.xml").read_text(encoding="utf-8")
-    xml = xml.replace("<licensePlate>KH35192</licensePlate>", f"<licensePlate>{plate}</licensePlate>")
-    xml = re.sub(r"<UUID>[^<]*</UUID>", f"<UUID>pay-event-{n:06d}</UUID>", xml)
-    return re.sub(r"<pId>[^<]*</pId>", lambda m: f"pay-{n:06d}-{m.start()}", xml).encode()
+    return anpr_alert(FIXTURES / "anpr_1.xml", plate, f"pay-event-{next(_n):06d}")
 
 
 class Lot:
