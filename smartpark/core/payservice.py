@@ -168,9 +168,12 @@ class PaymentService:
         """The enabled online channels, e.g. ``["wechat", "alipay"]``."""
         return sorted(self._channels)
 
-    def pay_order(self, order_id: str, channel: str, *, actor: str) -> PaymentView:
+    def pay_order(self, order_id: str, channel: str, *, actor: str, payer_hint: str | None = None) -> PaymentView:
         """Start paying an order: a new attempt (its own ``out_trade_no``) created at the channel; the order is
-        PAYING. An unexpired attempt on the same channel is shown again instead of a second QR code."""
+        PAYING. An unexpired attempt on the same channel is shown again instead of a second QR code.
+
+        ``payer_hint`` goes to the channel as ``PaymentRequest.payer_hint``: the payer's IP address for a phone
+        browser (WeChat H5), the payer's openid inside WeChat (JSAPI); unused by QR (native / precreate)."""
         name, ch = self._channel(channel)
         now = self._clock.now()
         with self._lock, self._store.unit_of_work() as uow:
@@ -195,16 +198,17 @@ class PaymentService:
                              details={"channel": name, "purpose": "order", "order": order.id,
                                       "amount_fen": order.amount_fen})
             description = f"停车费 {order.plate.masked}"
-        return self._create_at_channel(attempt, ch, description, actor)
+        return self._create_at_channel(attempt, ch, description, actor, payer_hint)
 
-    def prepay(self, plate: str, channel: str, *, actor: str) -> PaymentView:
+    def prepay(self, plate: str, channel: str, *, actor: str, payer_hint: str | None = None) -> PaymentView:
         """场内预付 (from the visitor page): an order for the fee so far (no exit lane), then :meth:`pay_order`.
         After paying, the car leaves within the grace window; later, only the extra time is billed."""
         self._channel(channel)
         order = self._parking.prepay_order(plate, actor=actor)
-        return self.pay_order(order.id, channel, actor=actor)
+        return self.pay_order(order.id, channel, actor=actor, payer_hint=payer_hint)
 
-    def start_topup(self, owner_id: str, amount_fen: int, channel: str, *, actor: str) -> PaymentView:
+    def start_topup(self, owner_id: str, amount_fen: int, channel: str, *, actor: str,
+                    payer_hint: str | None = None) -> PaymentView:
         """An owner tops up the prepaid balance; the balance is credited when the payment arrives."""
         name, ch = self._channel(channel)
         if not isinstance(amount_fen, int) or isinstance(amount_fen, bool) or amount_fen <= 0:
@@ -220,14 +224,15 @@ class PaymentService:
             uow.audit.append(at=now, actor=actor, action="payment.start", subject=f"payment:{attempt.out_trade_no}",
                              details={"channel": name, "purpose": "topup", "owner": owner_id,
                                       "amount_fen": amount_fen})
-        return self._create_at_channel(attempt, ch, "停车场余额充值", actor)
+        return self._create_at_channel(attempt, ch, "停车场余额充值", actor, payer_hint)
 
-    def _create_at_channel(self, attempt: PaymentAttempt, ch: Any, description: str, actor: str) -> PaymentView:
+    def _create_at_channel(self, attempt: PaymentAttempt, ch: Any, description: str, actor: str,
+                           payer_hint: str | None = None) -> PaymentView:
         # The attempt is committed BEFORE the provider hears of it: whatever happens next, we know the number
         # (reconciliation queries it), so money can never arrive for an order we do not know.
         request = PaymentRequest(out_trade_no=attempt.out_trade_no, amount_fen=attempt.amount_fen,
                                  description=description, expires_at=attempt.expires_at,
-                                 notify_url=self._notify_url(ch))
+                                 notify_url=self._notify_url(ch), payer_hint=payer_hint)
         try:
             intent = ch.create(request)
         except Exception as e:  # noqa: BLE001 - any channel failure: close ours, tell the payer to retry

@@ -353,8 +353,9 @@ class PrepayAndReconcileTests(PayTestCase):
                                         phone="13900000009", plate=PLATE, consent=True, actor="t")
         self.parking.handle_read(read(IN, PLATE))
         self.clock.advance(minutes=95)
-        view = self.payments.prepay(PLATE, "wechat", actor="visitor-page")
+        view = self.payments.prepay(PLATE, "wechat", actor="visitor-page", payer_hint="203.0.113.7")
         self.assertEqual(view.amount_fen, 600)
+        self.assertEqual(self.wechat.request_of(view.out_trade_no).payer_hint, "203.0.113.7")  # WeChat H5 needs it
         self.assertIsNone(self.order(view.order_id).lane)
         self.assertEqual(self.payments.handle_event(self.callback(self.wechat, view.out_trade_no)), "applied")
         self.assertEqual(self.opens(OUT), [])  # nobody at the exit yet

@@ -292,7 +292,7 @@ def add_routes(api: FastAPI, app: Any, *, call: Callable[..., Awaitable[Any]], t
             return await call(plate_form, "请输入车牌号", "", 422)
         return await call(quote_page, plate)
 
-    def start(plate_text: str, channel: str) -> Response:
+    def start(plate_text: str, channel: str, client_ip: str | None = None) -> Response:
         try:
             plate = Plate.parse(plate_text)
         except ValidationError as e:
@@ -301,7 +301,8 @@ def add_routes(api: FastAPI, app: Any, *, call: Callable[..., Awaitable[Any]], t
             name = CHANNEL_ZH.get(channel, channel or "该方式")
             return quote_page(str(plate), f"{name}暂不可用，请选择其他支付方式", 400)
         try:
-            view = payments().prepay(plate, channel, actor=VISITOR_ACTOR)
+            # the payer's address: WeChat H5 (a phone browser) requires it; QR channels ignore it
+            view = payments().prepay(plate, channel, actor=VISITOR_ACTOR, payer_hint=client_ip)
         except NotFound:
             return plate_form(f"没有找到 {plate.masked} 的在场记录，请核对车牌", str(plate), 404)
         except SmartparkError as e:
@@ -315,7 +316,8 @@ def add_routes(api: FastAPI, app: Any, *, call: Callable[..., Awaitable[Any]], t
     @api.post("/fee/start", include_in_schema=False)
     async def fee_start(request: Request) -> Response:
         fields = await form_fields(request)
-        return await call(start, fields.get("plate", "").strip(), fields.get("channel", "").strip())
+        client_ip = request.client.host if request.client else None  # uvicorn applies trusted proxy headers
+        return await call(start, fields.get("plate", "").strip(), fields.get("channel", "").strip(), client_ip)
 
     def status_of(out_trade_no: str, ticket: str) -> Any:
         if not app.receipts.check_ticket(out_trade_no, ticket):

@@ -270,6 +270,11 @@ class FakePaymentChannel:
         with self._lock:
             return list(self._orders)
 
+    def request_of(self, out_trade_no: str) -> PaymentRequest:
+        """The request an order was created with (what the core sent: amount, expiry, notify URL, payer hint)."""
+        with self._lock:
+            return self._orders[out_trade_no].request
+
     # -- internals ----------------------------------------------------------------------------
     def _sign(self, body: bytes) -> str:
         return hmac.new(self._secret, body, hashlib.sha256).hexdigest()
