@@ -209,6 +209,22 @@ class Order:
         else:
             self._transitions += (OrderTransition(at, self._state.value, self._state.value, actor, detail),)
 
+    def _undo_refund(self, amount_fen: int, *, at: datetime, actor: str, out_refund_no: str, detail: str) -> None:
+        """The provider refused a refund we had recorded: the money is still ours, so the order gets it back
+        (REFUNDED -> PAID when it had been the last fen). Recorded as a transition like the refund was."""
+        if amount_fen <= 0 or amount_fen > self._refunded_fen:
+            raise ValidationError(f"撤销的退款金额 {amount_fen} 分超出已退金额 {self._refunded_fen} 分",
+                                  f"cannot undo {amount_fen} fen of order {self._id}: only {self._refunded_fen} refunded",
+                                  field="amount_fen")
+        before = self._state
+        if before not in (OrderState.PAID, OrderState.REFUNDED):
+            raise Conflict(f"订单状态为「{before.value}」，不能撤销退款", f"order {self._id} is {before.value}")
+        self._refunded_fen -= amount_fen
+        self._state = OrderState.PAID
+        self._transitions += (OrderTransition(at, before.value, OrderState.PAID.value, actor,
+                                              {"refund_failed_fen": amount_fen, "refunded_fen": self._refunded_fen,
+                                               "out_refund_no": out_refund_no, "detail": detail}),)
+
     def _close(self, *, at: datetime, actor: str, reason: str) -> None:
         self._move(OrderState.CLOSED, at=at, actor=actor, reason=reason)
 

@@ -122,6 +122,14 @@ class PaymentAttempt:
                                   field="amount_fen")
         self._refunded_fen += amount_fen
 
+    def _undo_refund(self, amount_fen: int) -> None:
+        """A refund the provider refused: what it reserved is refundable again."""
+        if amount_fen <= 0 or amount_fen > self._refunded_fen:
+            raise ValidationError(f"撤销的退款金额 {amount_fen} 分超出已退金额 {self._refunded_fen} 分",
+                                  f"cannot undo {amount_fen} fen: only {self._refunded_fen} refunded",
+                                  field="amount_fen")
+        self._refunded_fen -= amount_fen
+
     def _bump_version(self) -> None:
         self._version += 1
 

@@ -514,9 +514,37 @@ class PaymentService:
             uow.audit.append(at=now, actor=SYSTEM, action=f"payment.refund_{state.value}",
                              subject=f"payment:{refund.out_trade_no}",
                              details={"out_refund_no": out_refund_no, "amount_fen": refund.amount_fen})
+            events = self._undo_failed_refund(uow, refund, now) if state is RefundState.FAILED else []
+            self._bus.stage(uow, events)
+        self._bus.publish(events)
         if state is RefundState.FAILED:
-            log.error("refund %s of %s FAILED at %s: an attendant must settle it", out_refund_no,
-                      refund.out_trade_no, refund.channel)
+            log.error("refund %s of %s FAILED at %s: nothing was paid back; the amounts were restored and an "
+                      "attendant must settle it with the payer", out_refund_no, refund.out_trade_no, refund.channel)
+
+    def _undo_failed_refund(self, uow: Any, refund: Refund, now: datetime) -> list[ev.Event]:
+        """The provider refused the refund: the money never left, so undo what recording it had done -- the
+        attempt's and the order's refunded amounts (a fully refunded order is PAID again), or for a top-up the
+        debit of the owner's balance (credited back through the ledger, idempotent by its ref)."""
+        attempt = uow.payments.by_out_trade_no(refund.out_trade_no)
+        if attempt is None:
+            return []
+        attempt._undo_refund(refund.amount_fen)
+        uow.payments.save(attempt)
+        detail = f"refund {refund.out_refund_no} failed at the provider"
+        if attempt.purpose is Purpose.ORDER:
+            order = uow.orders.get(attempt.subject_id)
+            if order is not None and order.out_trade_no == attempt.out_trade_no and order.refunded_fen:
+                order._undo_refund(refund.amount_fen, at=now, actor=SYSTEM, out_refund_no=refund.out_refund_no,
+                                   detail=detail)
+                uow.orders.save(order)
+            return []
+        owner = uow.owners.get(attempt.subject_id)
+        if owner is None or uow.ledger.by_ref(f"refund:{refund.out_refund_no}") is None:
+            return []  # nothing was taken from a balance
+        _, changed = post_ledger(uow, owner, Money(refund.amount_fen), kind="refund",
+                                 ref=f"refund-failed:{refund.out_refund_no}", at=now, actor=SYSTEM,
+                                 note=f"充值退款失败，退回余额 {refund.out_trade_no}")
+        return [changed]
 
     # == reconciliation =====================================================================================
     def reconcile(self, now: datetime | None = None) -> ReconcileSummary:

@@ -8,12 +8,14 @@ daily report.
 import unittest
 from datetime import timedelta
 
+import attrs
+
 from smartpark.core import events as ev
 from smartpark.core.bus import MessageBus
 from smartpark.core.errors import Conflict, NotFound, ValidationError
 from smartpark.core.gate import GateRules, Lane, ParkingService, RegistrationLinks
 from smartpark.core.parking import OrderState, Outcome
-from smartpark.core.payments import AttemptState, PaymentEvent, RefundState
+from smartpark.core.payments import AttemptState, PaymentEvent, RefundResult, RefundState
 from smartpark.core.payservice import PaymentRejected, PaymentService, PaymentSettings, PaymentUnavailable
 from smartpark.core.services import BalanceService, ResidentService
 from smartpark.core.tariff import TariffSet
@@ -317,6 +319,22 @@ class RefundTests(PayTestCase):
         self.assertEqual(self.payments.reconcile().refunds_retried, 1)
         self.assertEqual(self.payments.refunds_for(no)[0].state, RefundState.SUCCEEDED)
 
+    def test_a_refund_the_provider_refuses_gives_the_amount_back_to_the_order(self):
+        order_id, no = self.paid()
+        refused = RefundResult(out_refund_no="", amount_fen=600, state="failed")
+        self.wechat.refund = lambda *a: attrs.evolve(refused, out_refund_no=a[1])
+        r = self.payments.refund(no, 600, reason="全额退款", actor="admin")
+        self.assertEqual(r.state, RefundState.FAILED)
+        order = self.order(order_id)
+        self.assertEqual((order.state, order.refunded_fen), (OrderState.PAID, 0))  # the money never left
+        self.assertEqual([(t.from_state, t.to_state) for t in order.transitions[-2:]],
+                         [("paid", "refunded"), ("refunded", "paid")])
+        self.assertEqual((self.attempt(no).refunded_fen, self.payments.status(no).refunded_fen), (0, 0))
+        self.assertEqual(len(self.audit("payment.refund_failed")), 1)
+        del self.wechat.refund  # the provider works again: the whole amount can still be refunded
+        self.assertEqual(self.payments.refund(no, 600, reason="再次退款", actor="admin").state, RefundState.SUCCEEDED)
+        self.assertEqual(self.order(order_id).state, OrderState.REFUNDED)
+
 
 class TopUpTests(PayTestCase):
     def owner(self):
@@ -341,6 +359,19 @@ class TopUpTests(PayTestCase):
         self.assertEqual(self.balances.view(owner.id).balance.fen, 3000)
         with self.assertRaises(ValidationError):  # 3000 left of the top-up, but only 3000 in the balance either way
             self.payments.refund(view.out_trade_no, 3001, reason="x", actor="admin")
+
+    def test_a_refused_top_up_refund_credits_the_balance_back(self):
+        owner = self.owner()
+        view = self.payments.start_topup(owner.id, 5000, "alipay", actor="owner")
+        self.payments.handle_event(self.callback(self.alipay, view.out_trade_no))
+        self.alipay.refund = lambda *a: RefundResult(out_refund_no=a[1], amount_fen=a[2], state="failed")
+        self.assertEqual(self.payments.refund(view.out_trade_no, 2000, reason="x", actor="admin").state,
+                         RefundState.FAILED)
+        self.assertEqual(self.balances.view(owner.id).balance.fen, 5000)
+        with self.store.unit_of_work() as uow:
+            kinds = [(e.kind, e.delta.fen) for e in uow.ledger.for_owner(owner.id)]
+        self.assertEqual(kinds, [("refund", 2000), ("refund", -2000), ("topup", 5000)])  # newest first
+        self.assertEqual(self.attempt(view.out_trade_no).refunded_fen, 0)
 
     def test_top_up_for_an_unknown_owner_is_refused(self):
         with self.assertRaises(NotFound):
