@@ -280,7 +280,7 @@ class PaymentsThroughTheServiceTest(unittest.TestCase):
     # -- reconciliation ---------------------------------------------------------------------------------------
     def test_reconciliation_applies_a_lost_notification_and_closes_an_expired_qr(self) -> None:
         lot = self.lot
-        self.assertIn("reconcile payments", [job[0] for job in lot.handle.runtime.jobs._jobs])
+        self.assertIn("reconcile payments", [job[0] for job in lot.handle.runtime.providers._jobs])
         for name in ("pay_wechat", "pay_alipay"):
             self.assertEqual(lot.app.payment_channels[name].on_payment, lot.app.payments.handle_event)
         order_id = lot.waiting_car("沪C10005", 15)

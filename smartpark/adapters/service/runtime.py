@@ -6,9 +6,10 @@
   device (HTTP 200, MQTT PUBACK) only after it was decided and recorded, so a crash loses no read.
 * Device health from cameras, gates and sensors goes to ``ParkingService.device_health``.
 * Payment channels hand their verified callbacks to ``PaymentService.handle_event`` (``on_payment``).
-* Jobs: the outbox worker every second on a thread of its own (notifications, :mod:`smartpark.core.delivery`),
-  the daily visitor purge (PIPL retention), payment reconciliation every 30 s (attempts stuck in ``paying``,
-  refunds still processing) and periodic health checks of adapters that expose ``check_health()``.
+* Jobs: on one thread the daily visitor purge (PIPL retention), the overtime scan, the lot-full fan-out and
+  periodic health checks of adapters that expose ``check_health()``; on a second thread the jobs that call
+  providers -- the outbox worker every second (notifications, :mod:`smartpark.core.delivery`) and payment
+  reconciliation every 30 s (attempts stuck in ``paying``, refunds still processing).
 """
 
 from __future__ import annotations
@@ -211,7 +212,9 @@ class Runtime:
         self.app = app
         self.dispatcher = LaneDispatcher(app)
         self.jobs = Jobs(app.clock)
-        self.delivery = Jobs(app.clock)  # its own thread: a slow SMS gateway must not hold up health checks
+        # jobs that call providers (SMS, WeChat, payment queries) on a thread of their own: a slow gateway must
+        # not hold up the health checks and the device watchdogs
+        self.providers = Jobs(app.clock)
         self.lane_workers = LaneWorkers()
         self.started_at: datetime | None = None
         self._started: list[Any] = []
@@ -229,8 +232,8 @@ class Runtime:
                 if hasattr(channel, "on_payment"):
                     channel.on_payment = payments.handle_event  # the notify route hands verified events here
                     log.info("payment channel %s ready", name)
-            self.jobs.every(timedelta(seconds=30), payments.reconcile, name="reconcile payments",
-                            first=timedelta(seconds=10))
+            self.providers.every(timedelta(seconds=30), payments.reconcile, name="reconcile payments",
+                                 first=timedelta(seconds=10))
         for name, recognizer in app.recognizers.items():
             log.info("starting recognizer %s", name)
             recognizer.start(self.dispatcher)
@@ -242,8 +245,8 @@ class Runtime:
         self.jobs.every(timedelta(days=1), self._purge, name="purge visitors", first=timedelta(minutes=1))
         # built now, with the notifiers: a notifier's bad settings stop the start instead of failing every pass
         log.info("delivering notifications on: %s", ", ".join(app.outbox_worker.channels) or "no channel")
-        self.delivery.every(timedelta(seconds=1), self._deliver, name="deliver notifications",
-                            first=timedelta(seconds=1))
+        self.providers.every(timedelta(seconds=1), self._deliver, name="deliver notifications",
+                             first=timedelta(seconds=1))
         if app.config.notifications.enabled:  # what goes into the outbox: overtime warnings, the lot-full fan-out
             notifications = app.notifications
             self.jobs.every(timedelta(seconds=30), notifications.check_overtime, name="overtime warnings",
@@ -253,7 +256,7 @@ class Runtime:
             if hasattr(adapter, "check_health"):
                 self.jobs.every(timedelta(seconds=5), adapter.check_health, name=f"health {adapter.name}")
         self.jobs.start()
-        self.delivery.start()
+        self.providers.start()
         self.started_at = app.clock.now()
 
     def _deliver(self) -> None:
@@ -269,7 +272,7 @@ class Runtime:
 
     def stop(self) -> None:
         self.jobs.stop()
-        self.delivery.stop()
+        self.providers.stop()
         while self._started:
             adapter = self._started.pop()
             try:
