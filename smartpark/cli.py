@@ -502,6 +502,38 @@ def owner_change_phone(
     _ok(f"已将 {holder.name} 的手机号改为 {holder.phone.masked}（已记入审计日志）")
 
 
+class NotifyChannel(str, Enum):
+    auto = "auto"
+    sms = "sms"
+    wechat = "wechat"
+
+
+_CHANNEL_ZH = {"auto": "按停车场设置", "sms": "短信", "wechat": "微信"}
+
+
+@owner_app.command("prefs")
+def owner_prefs(
+    ctx: typer.Context,
+    owner_id: Annotated[str, typer.Argument(help="业主编号 / owner id")],
+    lot_full_notice: Annotated[bool | None, typer.Option(
+        "--lot-full-notice/--no-lot-full-notice", help="是否接收车库已满通知 / receive lot-full notices or not")] = None,
+    channel: Annotated[NotifyChannel | None, typer.Option(
+        "--channel", help="首选通知方式：auto 按停车场设置，sms 短信，wechat 微信 / the first channel")] = None,
+    wechat_openid: Annotated[str | None, typer.Option(
+        "--wechat-openid", help="绑定的微信 openid（空字符串解除绑定）/ bind a WeChat openid (\"\" unbinds)")] = None,
+) -> None:
+    """通知偏好：车库已满通知、首选通知方式、微信绑定（记入审计日志）/ notification preferences (audited)."""
+    st = _state(ctx)
+    if lot_full_notice is None and channel is None and wechat_openid is None:
+        raise ValidationError("请至少指定一项要修改的偏好（--lot-full-notice / --channel / --wechat-openid）",
+                              "nothing to change: give --lot-full-notice, --channel or --wechat-openid")
+    owner = st.app.residents.set_owner_preferences(
+        owner_id, actor=st.actor, lot_full_opt_out=None if lot_full_notice is None else not lot_full_notice,
+        notify_channel=channel.value if channel is not None else None, wechat_openid=wechat_openid)
+    _ok(f"已更新 {owner.name} 的通知偏好：车库已满通知{'不接收' if owner.lot_full_opt_out else '接收'}，"
+        f"首选{_CHANNEL_ZH[owner.notify_channel]}，微信{'已绑定' if owner.wechat_openid else '未绑定'}（已记入审计日志）")
+
+
 @owner_app.command("change-id-number")
 def owner_change_id_number(
     ctx: typer.Context,

@@ -81,6 +81,7 @@ class Owner(Person):
     _balance: Money = attrs.field(factory=Money.zero)
     _lot_full_opt_out: bool = False
     _wechat_openid: str | None = None
+    _notify_channel: str = "auto"  # "auto" (the lot's rule) | "sms" | "wechat": the owner's first channel
 
     id_number = _readonly("Owner", "id_number", "ResidentService.change_id_number")
     phone = _readonly("Owner", "phone", "ResidentService.change_phone")
@@ -88,6 +89,7 @@ class Owner(Person):
     balance = _readonly("Owner", "balance", "BalanceService (ledger postings)")
     lot_full_opt_out = property(lambda self: self._lot_full_opt_out)
     wechat_openid = property(lambda self: self._wechat_openid)
+    notify_channel = property(lambda self: self._notify_channel)
 
     @classmethod
     def register(
@@ -100,6 +102,7 @@ class Owner(Person):
         created_at: datetime,
         lot_full_opt_out: bool = False,
         wechat_openid: str | None = None,
+        notify_channel: str = "auto",
     ) -> Owner:
         """A new owner; at least one plate, no plate twice."""
         plates = tuple(plates)
@@ -116,6 +119,7 @@ class Owner(Person):
             plates=plates,
             lot_full_opt_out=lot_full_opt_out,
             wechat_openid=wechat_openid,
+            notify_channel=_notify_channel(notify_channel),
         )
 
     # -- designated mutations: called only by smartpark.core.services ------------------------------
@@ -147,11 +151,25 @@ class Owner(Person):
     def _set_balance(self, balance: Money) -> None:
         self._balance = balance
 
-    def _set_preferences(self, *, lot_full_opt_out: bool | None = None, wechat_openid: str | None = None) -> None:
+    def _set_preferences(self, *, lot_full_opt_out: bool | None = None, wechat_openid: str | None = None,
+                         notify_channel: str | None = None) -> None:
         if lot_full_opt_out is not None:
             self._lot_full_opt_out = lot_full_opt_out
         if wechat_openid is not None:
             self._wechat_openid = wechat_openid or None
+        if notify_channel is not None:
+            self._notify_channel = _notify_channel(notify_channel)
+
+
+NOTIFY_CHANNELS = ("auto", "sms", "wechat")
+
+
+def _notify_channel(value: str) -> str:
+    if value not in NOTIFY_CHANNELS:
+        raise ValidationError("通知方式只能是 auto（按停车场设置）、sms（短信）或 wechat（微信）",
+                              f"notify_channel must be one of {', '.join(NOTIFY_CHANNELS)}, not {value!r}",
+                              field="notify_channel")
+    return value
 
 
 @attrs.define(slots=True, eq=False)

@@ -162,6 +162,12 @@ class Recipient:
     id: str
     phone: str = ""
     openid: str | None = None
+    prefer: str = "auto"  # the recipient's own first channel: "auto" (the lot's rule), "sms" or "wechat"
+
+    @classmethod
+    def owner(cls, owner: Any) -> Recipient:
+        return cls("owner", owner.id, phone=str(owner.phone), openid=owner.wechat_openid,
+                   prefer=owner.notify_channel)
 
 
 class NotificationPlanner:
@@ -288,7 +294,7 @@ class NotificationPlanner:
         owner = uow.owners.get(e.owner_id)
         if owner is None or not ref:
             return
-        recipient = Recipient("owner", owner.id, phone=str(owner.phone), openid=owner.wechat_openid)
+        recipient = Recipient.owner(owner)
         if e.balance_fen < 0:
             kind, ctx = "arrears", {"arrears": Money(-e.balance_fen).yuan_str, "balance": Money(e.balance_fen).yuan_str}
         else:
@@ -335,7 +341,7 @@ class NotificationPlanner:
         for owner in owners:
             if owner.lot_full_opt_out:
                 continue
-            recipient = Recipient("owner", owner.id, phone=str(owner.phone), openid=owner.wechat_openid)
+            recipient = Recipient.owner(owner)
             queued += int(self._queue(uow, "lot_full", f"lotfull:{seq}:{owner.id}", recipient, ctx,
                                       self._clock.now()))
         if len(owners) < batch:
@@ -370,13 +376,14 @@ class NotificationPlanner:
             return Recipient("visitor", visitor.id, phone=str(visitor.phone))
         owner = uow.owners.get(holder_id)
         if owner is not None:
-            return Recipient("owner", owner.id, phone=str(owner.phone), openid=owner.wechat_openid)
+            return Recipient.owner(owner)
         return None
 
     def route(self, recipient: Recipient) -> tuple[str, str] | None:
         """The first channel and address for ``recipient``; None when nothing enabled can reach them."""
         options: list[tuple[str, str]] = []
-        if recipient.openid and self.policy.prefer == "wechat" and recipient.kind != "visitor":
+        prefer = self.policy.prefer if recipient.prefer == "auto" else recipient.prefer
+        if recipient.openid and prefer == "wechat" and recipient.kind != "visitor":
             options.append(("wechat", recipient.openid))
         if recipient.phone:
             options.append(("sms", recipient.phone))

@@ -143,12 +143,13 @@ class ResidentService(_Service):
         actor: str,
         lot_full_opt_out: bool = False,
         wechat_openid: str | None = None,
+        notify_channel: str = "auto",
     ) -> Owner:
         actor = _actor(actor)
         owner = Owner.register(
             name=_name(name), id_number=_id_number(id_number), phone=_phone(phone),
             plates=tuple(_plate(p) for p in plates), created_at=self._now(),
-            lot_full_opt_out=lot_full_opt_out, wechat_openid=wechat_openid,
+            lot_full_opt_out=lot_full_opt_out, wechat_openid=wechat_openid, notify_channel=notify_channel,
         )
         with self._store.unit_of_work() as uow:
             if uow.owners.by_id_number(owner.id_number) is not None:
@@ -189,17 +190,21 @@ class ResidentService(_Service):
             return uow.owners.count()
 
     def set_owner_preferences(self, owner_id: str, *, actor: str, lot_full_opt_out: bool | None = None,
-                              wechat_openid: str | None = None) -> Owner:
+                              wechat_openid: str | None = None, notify_channel: str | None = None) -> Owner:
+        """Notification preferences: opt out of 车库已满, bind (or with ``""`` unbind) a WeChat openid, and the
+        first channel (``auto`` follows the lot's ``[notifications] prefer``). Audited."""
         actor = _actor(actor)
         with self._store.unit_of_work() as uow:
             owner = uow.owners.get(owner_id)
             if owner is None:
                 raise NotFound(f"找不到编号为 {owner_id} 的业主", f"no owner with id {owner_id}")
-            owner._set_preferences(lot_full_opt_out=lot_full_opt_out, wechat_openid=wechat_openid)
+            owner._set_preferences(lot_full_opt_out=lot_full_opt_out, wechat_openid=wechat_openid,
+                                   notify_channel=notify_channel)
             uow.owners.save(owner)
             uow.audit.append(at=self._now(), actor=actor, action="owner.preferences", subject=f"owner:{owner.id}",
                              details={"lot_full_opt_out": owner.lot_full_opt_out,
-                                      "wechat_bound": owner.wechat_openid is not None})
+                                      "wechat_bound": owner.wechat_openid is not None,
+                                      "notify_channel": owner.notify_channel})
         return owner
 
     def delete_owner(self, owner_id: str, *, actor: str, reason: str) -> None:

@@ -155,6 +155,21 @@ class OwnerCommandsTest(CliCase):
         self.assertIn("共 1 位", out)
         self.assertIn(owner_id, out)
 
+    def test_notification_preferences_are_changed_audited_and_shown(self) -> None:
+        owner_id = self.add_owner()
+        out = self.run_ok("owner", "prefs", owner_id, "--no-lot-full-notice", "--channel", "sms").output
+        self.assertIn("车库已满通知不接收，首选短信，微信未绑定", out)
+        self.assertIn("不接收", self.run_ok("owner", "show", owner_id).output)
+        out = self.run_ok("owner", "prefs", owner_id, "--lot-full-notice", "--wechat-openid",
+                          "oUpF8uMuAJO_M2pxb1Q9zNjWeS7p").output
+        self.assertIn("车库已满通知接收，首选短信，微信已绑定", out)
+        self.assertIn("owner.preferences", self.run_ok("audit", "log", "--subject", f"owner:{owner_id}").output)
+        nothing = self.run_cli("owner", "prefs", owner_id)
+        self.assertEqual(nothing.exit_code, cli.EXIT_VALIDATION, nothing.output)
+        self.assertIn("请至少指定一项", nothing.stderr)
+        bad = self.run_cli("owner", "prefs", owner_id, "--channel", "email")
+        self.assertNotEqual(bad.exit_code, 0)
+
     def test_show_unknown_is_not_found(self) -> None:
         result = self.run_cli("owner", "show", "京Z99999")
         self.assertEqual(result.exit_code, cli.EXIT_NOT_FOUND, result.output)

@@ -15,7 +15,7 @@ from smartpark.bootstrap import bootstrap
 from smartpark.core import events as ev
 from smartpark.core.bus import MessageBus
 from smartpark.core.entities import Owner
-from smartpark.core.errors import ConfigError
+from smartpark.core.errors import ConfigError, ValidationError
 from smartpark.core.notify import DEFAULT_TEMPLATES, NotificationPlanner, NotificationService, NotifyPolicy
 from smartpark.core.outbox import MessageState
 from smartpark.core.values import Money, Plate
@@ -424,6 +424,31 @@ class PreferSmsTests(PlannerTestCase):
         self.app.notifications.expand_lot_full()
         [m] = self.messages("lot_full")
         self.assertEqual((m.channel, m.address, m.text), ("sms", str(sample_phone(1)), "【阳光花园停车场】已满，当前共 1 个车位。"))
+
+
+class OwnChannelTests(PlannerTestCase):
+    """An owner's own choice of first channel wins over the lot's ``prefer`` (which is "wechat" here)."""
+
+    capacity = 2
+
+    def test_each_owner_is_told_on_the_channel_they_chose(self):
+        auto = self.owner(1, "京A11111", openid=OPENID)
+        sms = self.owner(2, "京A22222", openid=OPENID.replace("o", "p", 1))
+        self.residents.set_owner_preferences(sms.id, actor="业主本人", notify_channel="sms")
+        self.parking.handle_read(read(IN, "京A11111"))
+        self.parking.handle_read(read(IN, "京A22222"))
+        self.app.notifications.expand_lot_full()
+        channels = {m.recipient_id: (m.channel, m.address) for m in self.messages("lot_full")}
+        self.assertEqual(channels, {auto.id: ("wechat", OPENID), sms.id: ("sms", str(sample_phone(2)))})
+        with self.store.unit_of_work() as uow:
+            [entry] = uow.audit.for_subject(f"owner:{sms.id}", limit=1)
+        self.assertEqual((entry.action, entry.details["notify_channel"]), ("owner.preferences", "sms"))
+
+    def test_an_unknown_channel_is_refused_in_chinese(self):
+        o = self.owner(1, "京A11111")
+        with self.assertRaises(ValidationError) as e:
+            self.residents.set_owner_preferences(o.id, actor="t", notify_channel="email")
+        self.assertIn("通知方式", e.exception.zh)
 
 
 class OnlyWeChatTests(PlannerTestCase):

@@ -441,10 +441,17 @@ _V3_READ_EVENTS = """
 CREATE INDEX decisions_read_event ON decisions (lane, read_event_id, seq) WHERE read_event_id IS NOT NULL;
 """
 
+# Owners choose their first notification channel ("auto" follows the lot's [notifications] prefer).
+_V4_OWNER_NOTIFY_CHANNEL = """
+ALTER TABLE owners ADD COLUMN notify_channel text NOT NULL DEFAULT 'auto'
+    CONSTRAINT owners_notify_channel_check CHECK (notify_channel IN ('auto', 'sms', 'wechat'));
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: people, plates, announcements, ledger, audit, parking", _V1_INITIAL_SCHEMA),
     Migration(2, "payments: attempts, seen callbacks, refunds; the notification outbox", _V2_PAYMENTS_OUTBOX),
     Migration(3, "decisions: look a read event up by lane and event id", _V3_READ_EVENTS),
+    Migration(4, "owners: the first notification channel", _V4_OWNER_NOTIFY_CHANNEL),
 )
 
 

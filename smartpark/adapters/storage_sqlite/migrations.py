@@ -381,11 +381,18 @@ _V4_READ_EVENTS = """
 CREATE INDEX decisions_read_event ON decisions (lane, read_event_id, seq) WHERE read_event_id IS NOT NULL;
 """
 
+# Owners choose their first notification channel ("auto" follows the lot's [notifications] prefer).
+_V5_OWNER_NOTIFY_CHANNEL = """
+ALTER TABLE owners ADD COLUMN notify_channel TEXT NOT NULL DEFAULT 'auto'
+    CHECK (notify_channel IN ('auto', 'sms', 'wechat'));
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1_INITIAL_SCHEMA),
     Migration(2, "parking: sessions, orders, decisions, blocklist, devices, lot state", _V2_PARKING),
     Migration(3, "payments: attempts, seen callbacks, refunds; the notification outbox", _V3_PAYMENTS_OUTBOX),
     Migration(4, "decisions: look a read event up by lane and event id", _V4_READ_EVENTS),
+    Migration(5, "owners: the first notification channel", _V5_OWNER_NOTIFY_CHANNEL),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

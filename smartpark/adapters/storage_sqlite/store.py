@@ -387,21 +387,22 @@ class _Plates:
 class _Owners:
     _SELECT = (
         "SELECT o.id, o.name, o.id_number_enc, o.phone_enc, o.balance_fen, o.lot_full_opt_out, o.wechat_openid,"
-        " o.created_at, o.version,"
+        " o.notify_channel, o.created_at, o.version,"
         " (SELECT json_group_array(json_array(p.position, p.plate_bidx, p.plate_enc))"
         "  FROM plates p WHERE p.owner_id = o.id) AS plates"
         " FROM owners o"
     )
     _INSERT = (
         "INSERT INTO owners (id, name, id_number_enc, id_number_bidx, phone_enc, phone_bidx, balance_fen,"
-        " lot_full_opt_out, wechat_openid, created_at, version)"
+        " lot_full_opt_out, wechat_openid, notify_channel, created_at, version)"
         " VALUES (:id, :name, :id_number_enc, :id_number_bidx, :phone_enc, :phone_bidx, :balance_fen,"
-        " :lot_full_opt_out, :wechat_openid, :created_at, :version)"
+        " :lot_full_opt_out, :wechat_openid, :notify_channel, :created_at, :version)"
     )
     _UPDATE = (
         "UPDATE owners SET name = :name, id_number_enc = :id_number_enc, id_number_bidx = :id_number_bidx,"
         " phone_enc = :phone_enc, phone_bidx = :phone_bidx, balance_fen = :balance_fen,"
-        " lot_full_opt_out = :lot_full_opt_out, wechat_openid = :wechat_openid, version = version + 1"
+        " lot_full_opt_out = :lot_full_opt_out, wechat_openid = :wechat_openid,"
+        " notify_channel = :notify_channel, version = version + 1"
         " WHERE id = :id AND version = :version"
     )
 
@@ -460,7 +461,8 @@ class _Owners:
             "phone_enc": s.seal("owners.phone_enc", owner.id, owner.phone),
             "phone_bidx": s.blind_index("phone", owner.phone),
             "balance_fen": owner.balance.fen, "lot_full_opt_out": int(owner.lot_full_opt_out),
-            "wechat_openid": owner.wechat_openid, "created_at": _to_db(owner.created_at), "version": owner.version,
+            "wechat_openid": owner.wechat_openid, "notify_channel": owner.notify_channel,
+            "created_at": _to_db(owner.created_at), "version": owner.version,
         }
         try:
             return s.execute(sql, row)
@@ -491,6 +493,7 @@ class _Owners:
             balance=Money(row["balance_fen"]),
             lot_full_opt_out=bool(row["lot_full_opt_out"]),
             wechat_openid=row["wechat_openid"],
+            notify_channel=row["notify_channel"],
         )
 
 

@@ -148,7 +148,7 @@ class StoreContract(_TestCase):
         self.assertIs(type(got), type(want))
         names = ["id", "name", "id_number", "phone", "plates", "created_at", "version"]
         if isinstance(want, Owner):
-            names += ["balance", "lot_full_opt_out", "wechat_openid"]
+            names += ["balance", "lot_full_opt_out", "wechat_openid", "notify_channel"]
         else:
             names += ["consent_at", "last_seen_at", "valid_until"]
         for name in names:
@@ -179,6 +179,7 @@ class StoreContract(_TestCase):
             created_at=SAMPLE_TIME,
             lot_full_opt_out=True,
             wechat_openid="o6_bmjrPTlm6_2sgVt7hMZOPfL2M",
+            notify_channel="wechat",
         )
         owner._set_balance(Money(-150))
         self.add(owner)
@@ -259,7 +260,7 @@ class StoreContract(_TestCase):
         owner._replace_plate(sample_plate(1), sample_plate(91))
         owner._add_plate(sample_plate(92, prefix="粤B"))
         owner._set_balance(Money(2550))
-        owner._set_preferences(lot_full_opt_out=True, wechat_openid="openid-1")
+        owner._set_preferences(lot_full_opt_out=True, wechat_openid="openid-1", notify_channel="sms")
         self.save(owner)
         self.assertEqual(owner.version, 1)
         got = self.load_owner(owner.id)
