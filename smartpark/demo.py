@@ -25,6 +25,7 @@ The scripted day:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -754,6 +755,12 @@ def run_demo(*, keep: Path | None = None, broker: str | None = None, console: Co
     127.0.0.1:1883); the embedded broker takes its place when it does not answer.
     """
     console = console or Console()
+    missing = [module for module in ("wechatpayv3", "alibabacloud_dysmsapi20170525")
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        console.print(Text(f"演示需要微信支付与阿里云短信的 SDK（缺少 {', '.join(missing)}）：请运行 ./scripts/demo，"
+                           "或 pip install 'smartpark[demo]' 后重试", style="bold red"))
+        return 1
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         folder = keep.resolve()
