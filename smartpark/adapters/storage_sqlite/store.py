@@ -29,7 +29,6 @@ from typing import Any
 from ...core.audit import VerifyResult, next_entry, verify_chain
 from ...core.entities import Announcement, AuditEntry, LedgerEntry, Owner, Visitor
 from ...core.errors import ConfigError, Conflict
-from ...core.outbox import OPEN_STATES, MessageState, OutboxMessage
 from ...core.parking import (
     BlockedPlate,
     Decision,
@@ -41,8 +40,23 @@ from ...core.parking import (
     Outcome,
     ParkingSession,
 )
-from ...core.payments import AttemptState, PaymentAttempt, Purpose, Refund, RefundState
 from ...core.values import IdNumber, Money, PersonName, Phone, Plate
+from ...infra.sqlrows import (
+    Dialect,
+    Sealer,
+    SqlOutbox,
+    SqlPayments,
+    exists_conflict,
+    find_query,
+    id_number_conflict,
+    open_order_conflict,
+    open_session_conflict,
+    other_conflict,
+    out_trade_no_conflict,
+    plate_conflict,
+    stale_conflict,
+    where_clause,
+)
 from ...security import ENV_INDEX_VAR, ENV_VAR, KeyRing
 from .migrations import LATEST_VERSION, MIGRATIONS
 
@@ -236,56 +250,19 @@ def _failed_constraint(exc: sqlite3.IntegrityError) -> str:
     return message[len(prefix):] if message.startswith(prefix) else ""
 
 
-def _plate_conflict(plate: Plate) -> Conflict:
-    return Conflict(f"车牌 {plate.masked} 已被登记", f"plate {plate.masked} is already registered", field="plate")
+_DIALECT = Dialect(
+    placeholder=":{}", time_in=_to_db, time_out=_from_db, bool_in=int,
+    integrity_error=sqlite3.IntegrityError, violated=_failed_constraint,
+    primary_key=lambda table: f"{table}.id", unique_key=lambda table, column: f"{table}.{column}",
+)
 
 
-def _id_number_conflict(id_number: IdNumber) -> Conflict:
-    return Conflict(f"身份证号 {id_number.masked} 已被登记", f"ID number {id_number.masked} is already registered",
-                    field="id_number")
-
-
-_KIND_ZH = {"owner": "业主", "visitor": "访客", "announcement": "公告", "ledger entry": "账目",
-            "session": "停车记录", "order": "订单", "decision": "通行记录", "payment attempt": "支付",
-            "refund": "退款", "message": "通知消息"}
-
-
-def _exists_conflict(kind: str) -> Conflict:
-    return Conflict(f"该{_KIND_ZH[kind]}已存在", f"the {kind} already exists")
-
-
-def _stale_conflict(kind: str) -> Conflict:
-    return Conflict(f"{_KIND_ZH[kind]}记录已被他人修改或删除，请重新读取后再试",
-                    f"the {kind} was changed or deleted since it was read; reload and try again")
-
-
-def _other_conflict() -> Conflict:
-    return Conflict("数据与已有记录冲突", "the change conflicts with stored data")
-
-
-def _open_session_conflict(plate: Plate) -> Conflict:
-    return Conflict(f"车辆 {plate.masked} 已在场内（已有未结束的停车记录）",
-                    f"plate {plate.masked} already has an open stay", field="plate")
-
-
-def _open_order_conflict(session_id: str) -> Conflict:
-    return Conflict("该停车记录已有未完成的订单（待支付或支付中）",
-                    f"stay {session_id} already has an open (created/paying) order")
-
-
-def _out_trade_no_conflict(out_trade_no: str | None) -> Conflict:
-    return Conflict(f"商户订单号 {out_trade_no} 已被其他订单使用",
-                    f"out_trade_no {out_trade_no} is already used by another order", field="out_trade_no")
-
-
-class _Session:
+class _Session(Sealer):
     """One unit of work's view of the connection: statements, savepoints and field encryption."""
 
     def __init__(self, conn: sqlite3.Connection, keyring: KeyRing) -> None:
+        super().__init__(keyring)
         self._conn: sqlite3.Connection | None = conn
-        self._keyring = keyring
-        self.audit_key = keyring.audit_key
-        self._indexes: dict[tuple[str, str], str] = {}  # a gate read looks its plate up several times
 
     def end(self) -> None:
         self._conn = None
@@ -317,26 +294,6 @@ class _Session:
             self.execute("RELEASE repository_write")
             raise
         self.execute("RELEASE repository_write")
-
-    def seal(self, place: str, row_id: str, value: object) -> str:
-        """Encrypt ``str(value)`` for the column ``place`` (``"table.column"``) of row ``row_id``."""
-        return self._keyring.encrypt(str(value), f"{place}:{row_id}")
-
-    def unseal(self, place: str, row_id: str, token: str) -> str:
-        return self._keyring.decrypt(token, f"{place}:{row_id}")
-
-    def needs_rewrap(self, token: str) -> bool:
-        return self._keyring.needs_rewrap(token)
-
-    def blind_index(self, kind: str, value: object) -> str:
-        key = (kind, str(value))
-        index = self._indexes.get(key)
-        if index is None:
-            index = self._indexes[key] = self._keyring.blind_index(*key)
-        return index
-
-    def seal_or_none(self, place: str, row_id: str, value: object | None) -> str | None:
-        return self.seal(place, row_id, value) if value is not None else None
 
 
 class _Plates:
@@ -378,7 +335,7 @@ class _Plates:
                 self._s.execute(self._INSERT, row)
             except sqlite3.IntegrityError as exc:
                 taken = _failed_constraint(exc) == "plates.plate_bidx"
-                raise (_plate_conflict(plate) if taken else _other_conflict()) from exc
+                raise (plate_conflict(plate) if taken else other_conflict()) from exc
 
     def decode(self, bidx: str, token: str) -> Plate:
         return Plate(self._s.unseal("plates.plate_enc", bidx, token))
@@ -418,7 +375,7 @@ class _Owners:
     def save(self, owner: Owner) -> None:
         with self._s.atomic():
             if self._write(self._UPDATE, owner).rowcount == 0:
-                raise _stale_conflict("owner")
+                raise stale_conflict("owner")
             self._plates.assign("owner", owner.id, owner.plates)
         owner._bump_version()
 
@@ -469,8 +426,8 @@ class _Owners:
         except sqlite3.IntegrityError as exc:
             constraint = _failed_constraint(exc)
             if constraint == "owners.id_number_bidx":
-                raise _id_number_conflict(owner.id_number) from exc
-            raise (_exists_conflict("owner") if constraint == "owners.id" else _other_conflict()) from exc
+                raise id_number_conflict(owner.id_number) from exc
+            raise (exists_conflict("owner") if constraint == "owners.id" else other_conflict()) from exc
 
     def _first(self, where: str, params: tuple) -> Owner | None:
         row = self._s.one(self._SELECT + where, params)
@@ -529,7 +486,7 @@ class _Visitors:
         """Update every field and the plate; ``Conflict`` if the plate is held or the row changed since read."""
         with self._s.atomic():
             if self._write(self._UPDATE, visitor).rowcount == 0:
-                raise _stale_conflict("visitor")
+                raise stale_conflict("visitor")
             self._plates.assign("visitor", visitor.id, visitor.plates)
         visitor._bump_version()
 
@@ -569,8 +526,8 @@ class _Visitors:
         try:
             return s.execute(sql, row)
         except sqlite3.IntegrityError as exc:
-            raise (_exists_conflict("visitor") if _failed_constraint(exc) == "visitors.id"
-                   else _other_conflict()) from exc
+            raise (exists_conflict("visitor") if _failed_constraint(exc) == "visitors.id"
+                   else other_conflict()) from exc
 
     def _first(self, where: str, params: tuple) -> Visitor | None:
         row = self._s.one(self._SELECT + where, params)
@@ -612,7 +569,7 @@ class _Announcements:
                  a.created_by),
             )
         except sqlite3.IntegrityError as exc:
-            raise _exists_conflict("announcement") from exc
+            raise exists_conflict("announcement") from exc
 
     def get(self, announcement_id: str) -> Announcement | None:
         row = self._s.one(self._SELECT + " WHERE id = ?", (announcement_id,))
@@ -653,7 +610,7 @@ class _Ledger:
                 (e.id, e.owner_id, e.delta.fen, e.balance_after.fen, e.kind, e.ref, _to_db(e.at), e.note),
             )
         except sqlite3.IntegrityError as exc:
-            raise _exists_conflict("ledger entry") from exc
+            raise exists_conflict("ledger entry") from exc
         return cursor.rowcount == 1
 
     def for_owner(self, owner_id: str, limit: int = 50) -> list[LedgerEntry]:
@@ -785,7 +742,7 @@ class _Sessions:
     def save(self, session: ParkingSession) -> None:
         """Update exit lane/time, fee and note; ``Conflict`` if the row changed since it was read."""
         if self._write(self._UPDATE, session).rowcount == 0:
-            raise _stale_conflict("session")
+            raise stale_conflict("session")
         session._bump_version()
 
     def get(self, session_id: str) -> ParkingSession | None:
@@ -822,8 +779,8 @@ class _Sessions:
         except sqlite3.IntegrityError as exc:
             constraint = _failed_constraint(exc)
             if constraint == "parking_sessions.plate_bidx":
-                raise _open_session_conflict(p.plate) from exc
-            raise (_exists_conflict("session") if constraint == "parking_sessions.id" else _other_conflict()) from exc
+                raise open_session_conflict(p.plate) from exc
+            raise (exists_conflict("session") if constraint == "parking_sessions.id" else other_conflict()) from exc
 
     def _first(self, where: str, params: tuple) -> ParkingSession | None:
         row = self._s.one(self._SELECT + where, params)
@@ -868,7 +825,7 @@ class _Orders:
         "INSERT INTO order_transitions (order_id, position, at, from_state, to_state, actor, detail)"
         " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_id, position) DO NOTHING"
     )
-    _NEWEST_FIRST = " ORDER BY o.created_at DESC, o.seq DESC LIMIT :limit"
+    _NEWEST_FIRST = " ORDER BY o.created_at DESC, o.seq DESC"
 
     def __init__(self, session: _Session) -> None:
         self._s = session
@@ -882,7 +839,7 @@ class _Orders:
         """Update state, channel, trade numbers, payment time, refunds, lane and transitions; version-checked."""
         with self._s.atomic():
             if self._write(self._UPDATE, order).rowcount == 0:
-                raise _stale_conflict("order")
+                raise stale_conflict("order")
             self._write_transitions(order)
         order._bump_version()
 
@@ -898,22 +855,11 @@ class _Orders:
     def find(self, *, state: OrderState | None = None, plate: Plate | None = None, since: datetime | None = None,
              until: datetime | None = None, limit: int = 100) -> list[Order]:
         """Newest first by ``created_at`` (the later-added first on equal times); ``since <= created_at < until``."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {"limit": limit}
-        if state is not None:
-            clauses.append("o.state = :state")
-            params["state"] = _value(state)
-        if plate is not None:
-            clauses.append("o.plate_bidx = :plate_bidx")
-            params["plate_bidx"] = self._s.blind_index("plate", plate)
-        if since is not None:
-            clauses.append("o.created_at >= :since")
-            params["since"] = _to_db(since)
-        if until is not None:
-            clauses.append("o.created_at < :until")
-            params["until"] = _to_db(until)
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        return self._many(where + self._NEWEST_FIRST, params)
+        plate_bidx = self._s.blind_index("plate", plate) if plate is not None else None
+        query, params = find_query(_DIALECT, "", (("o.state", state), ("o.plate_bidx", plate_bidx)),
+                                   since=since, until=until, time_column="o.created_at", order=self._NEWEST_FIRST,
+                                   limit=limit)
+        return self._many(query, params)
 
     def _write(self, sql: str, order: Order) -> sqlite3.Cursor:
         s, o = self._s, order
@@ -929,10 +875,10 @@ class _Orders:
         except sqlite3.IntegrityError as exc:
             constraint = _failed_constraint(exc)
             if constraint == "orders.session_id":
-                raise _open_order_conflict(o.session_id) from exc
+                raise open_order_conflict(o.session_id) from exc
             if constraint == "orders.out_trade_no":
-                raise _out_trade_no_conflict(o.out_trade_no) from exc
-            raise (_exists_conflict("order") if constraint == "orders.id" else _other_conflict()) from exc
+                raise out_trade_no_conflict(o.out_trade_no) from exc
+            raise (exists_conflict("order") if constraint == "orders.id" else other_conflict()) from exc
 
     def _write_transitions(self, order: Order) -> None:
         self._s.many(self._INSERT_TRANSITION, [
@@ -994,8 +940,8 @@ class _Decisions:
         try:
             s.execute(self._INSERT, row)
         except sqlite3.IntegrityError as exc:
-            raise (_exists_conflict("decision") if _failed_constraint(exc) == "decisions.id"
-                   else _other_conflict()) from exc
+            raise (exists_conflict("decision") if _failed_constraint(exc) == "decisions.id"
+                   else other_conflict()) from exc
 
     def recent(self, lane: str | None = None, limit: int = 50) -> list[Decision]:
         """Newest first by ``at`` (the later-appended first on equal times)."""
@@ -1014,15 +960,9 @@ class _Decisions:
     def count_between(self, since: datetime, until: datetime, *, direction: str | None = None,
                       outcome: str | None = None) -> int:
         """Decisions with ``since <= at < until``, of that direction and outcome when given."""
-        sql = "SELECT count(*) FROM decisions WHERE at >= :since AND at < :until"
-        params: dict[str, Any] = {"since": _to_db(since), "until": _to_db(until)}
-        if direction is not None:
-            sql += " AND direction = :direction"
-            params["direction"] = _value(direction)
-        if outcome is not None:
-            sql += " AND outcome = :outcome"
-            params["outcome"] = _value(outcome)
-        return self._s.one(sql, params)[0]
+        clause, params = where_clause(_DIALECT, (("direction", direction), ("outcome", outcome)),
+                                      since=since, until=until, time_column="at")
+        return self._s.one("SELECT count(*) FROM decisions" + clause, params)[0]
 
     def _decision(self, row: sqlite3.Row) -> Decision:
         s, did = self._s, row["id"]
@@ -1129,110 +1069,17 @@ class _UnitOfWork:
         self.blocklist = _Blocklist(session)
         self.devices = _Devices(session)
         self.lot = _Lot(session)
-        self.payments = _Payments(session)
-        self.outbox = _Outbox(session)
+        self.payments = _Payments(session, _DIALECT)
+        self.outbox = SqlOutbox(session, _DIALECT)
 
 
 # -- payments and the outbox ----------------------------------------------------------------------------
 
-def _trade_no_exists_conflict(out_trade_no: str) -> Conflict:
-    return Conflict(f"商户订单号 {out_trade_no} 已存在", f"out_trade_no {out_trade_no} already exists",
-                    field="out_trade_no")
-
-
-def _refund_no_exists_conflict(out_refund_no: str) -> Conflict:
-    return Conflict(f"退款单号 {out_refund_no} 已存在", f"out_refund_no {out_refund_no} already exists",
-                    field="out_refund_no")
-
-
-class _Payments:
-    """``payment_attempts`` (one per ``out_trade_no``), ``refunds`` (one per ``out_refund_no``) and
-    ``payment_notifications`` (the callbacks already applied)."""
-
-    _SELECT = ("SELECT id, out_trade_no, channel, purpose, subject_id, amount_fen, created_at, expires_at, state,"
-               " code_url, transaction_id, paid_at, closed_reason, refunded_fen, actor, version FROM payment_attempts")
-    _INSERT = (
-        "INSERT INTO payment_attempts (id, out_trade_no, channel, purpose, subject_id, amount_fen, created_at,"
-        " expires_at, state, code_url, transaction_id, paid_at, closed_reason, refunded_fen, actor, version)"
-        " VALUES (:id, :out_trade_no, :channel, :purpose, :subject_id, :amount_fen, :created_at, :expires_at, :state,"
-        " :code_url, :transaction_id, :paid_at, :closed_reason, :refunded_fen, :actor, :version)"
-    )
-    _UPDATE = (
-        "UPDATE payment_attempts SET state = :state, code_url = :code_url, transaction_id = :transaction_id,"
-        " paid_at = :paid_at, closed_reason = :closed_reason, refunded_fen = :refunded_fen, version = version + 1"
-        " WHERE id = :id AND out_trade_no = :out_trade_no AND version = :version"
-    )
-    _SELECT_REFUND = ("SELECT id, out_refund_no, out_trade_no, channel, amount_fen, reason, actor, created_at, state,"
-                      " finished_at, detail, version FROM refunds")
-    _INSERT_REFUND = (
-        "INSERT INTO refunds (id, out_refund_no, out_trade_no, channel, amount_fen, reason, actor, created_at, state,"
-        " finished_at, detail, version)"
-        " VALUES (:id, :out_refund_no, :out_trade_no, :channel, :amount_fen, :reason, :actor, :created_at, :state,"
-        " :finished_at, :detail, :version)"
-    )
-    _UPDATE_REFUND = (
-        "UPDATE refunds SET state = :state, finished_at = :finished_at, detail = :detail, version = version + 1"
-        " WHERE id = :id AND out_refund_no = :out_refund_no AND version = :version"
-    )
-    _OLDEST_FIRST = " ORDER BY created_at, seq"
-
-    def __init__(self, session: _Session) -> None:
-        self._s = session
-
-    def add(self, attempt: PaymentAttempt) -> None:
-        try:
-            self._s.execute(self._INSERT, _attempt_row(attempt))
-        except sqlite3.IntegrityError as exc:
-            constraint = _failed_constraint(exc)
-            if constraint == "payment_attempts.out_trade_no":
-                raise _trade_no_exists_conflict(attempt.out_trade_no) from exc
-            raise (_exists_conflict("payment attempt") if constraint == "payment_attempts.id"
-                   else _other_conflict()) from exc
-
-    def save(self, attempt: PaymentAttempt) -> None:
-        """Update state, code_url, transaction id, paid time, closed reason, refunded amount; version-checked."""
-        try:
-            updated = self._s.execute(self._UPDATE, _attempt_row(attempt)).rowcount
-        except sqlite3.IntegrityError as exc:
-            raise _other_conflict() from exc
-        if updated == 0:
-            raise _stale_conflict("payment attempt")
-        attempt._bump_version()
-
-    def get(self, attempt_id: str) -> PaymentAttempt | None:
-        row = self._s.one(self._SELECT + " WHERE id = ?", (attempt_id,))
-        return _attempt(row) if row is not None else None
-
-    def by_out_trade_no(self, out_trade_no: str) -> PaymentAttempt | None:
-        row = self._s.one(self._SELECT + " WHERE out_trade_no = ?", (out_trade_no,))
-        return _attempt(row) if row is not None else None
-
-    def for_subject(self, subject_id: str) -> list[PaymentAttempt]:
-        """Oldest first (the earlier-added first on equal times)."""
-        return [_attempt(row) for row in self._s.all(self._SELECT + " WHERE subject_id = ?" + self._OLDEST_FIRST,
-                                                     (subject_id,))]
-
-    def find(self, *, state: AttemptState | None = None, channel: str | None = None, purpose: str | None = None,
-             since: datetime | None = None, until: datetime | None = None, limit: int = 100) -> list[PaymentAttempt]:
-        """Oldest first by ``created_at`` (the earlier-added first on equal times); ``since <= created_at < until``."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {"limit": limit}
-        for name, value in (("state", state), ("channel", channel), ("purpose", purpose)):
-            if value is not None:
-                clauses.append(f"{name} = :{name}")  # names from the fixed tuple above, values parameterised
-                params[name] = _value(value)
-        if since is not None:
-            clauses.append("created_at >= :since")
-            params["since"] = _to_db(since)
-        if until is not None:
-            clauses.append("created_at < :until")
-            params["until"] = _to_db(until)
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        return [_attempt(row) for row in self._s.all(self._SELECT + where + self._OLDEST_FIRST + " LIMIT :limit",
-                                                     params)]
+class _Payments(SqlPayments):
+    """The shared repository; SQLite numbers the notifications itself (``seq`` is no identity column)."""
 
     def record_notification(self, channel: str, notify_id: str, out_trade_no: str, at: datetime) -> bool:
-        """``False`` (nothing written) if ``(channel, notify_id)`` was recorded before."""
+        """``False`` (nothing written) if ``(channel, notify_id)`` was recorded before (``seq`` set here)."""
         cursor = self._s.execute(
             "INSERT INTO payment_notifications (channel, notify_id, out_trade_no, at, seq) VALUES (?, ?, ?, ?,"
             " (SELECT coalesce(max(seq), 0) + 1 FROM payment_notifications))"
@@ -1240,190 +1087,3 @@ class _Payments:
             (channel, notify_id, out_trade_no, _to_db(at)),
         )
         return cursor.rowcount == 1
-
-    def notifications(self) -> list[tuple[str, str, str, datetime]]:
-        """Every recorded callback as ``(channel, notify_id, out_trade_no, at)``, in recording order."""
-        rows = self._s.all("SELECT channel, notify_id, out_trade_no, at FROM payment_notifications ORDER BY seq")
-        return [(row["channel"], row["notify_id"], row["out_trade_no"], _from_db(row["at"])) for row in rows]
-
-    def add_refund(self, refund: Refund) -> None:
-        try:
-            self._s.execute(self._INSERT_REFUND, _refund_row(refund))
-        except sqlite3.IntegrityError as exc:
-            constraint = _failed_constraint(exc)
-            if constraint == "refunds.out_refund_no":
-                raise _refund_no_exists_conflict(refund.out_refund_no) from exc
-            raise (_exists_conflict("refund") if constraint == "refunds.id" else _other_conflict()) from exc
-
-    def save_refund(self, refund: Refund) -> None:
-        """Update state, finish time and detail; version-checked."""
-        if self._s.execute(self._UPDATE_REFUND, _refund_row(refund)).rowcount == 0:
-            raise _stale_conflict("refund")
-        refund._bump_version()
-
-    def refund_by_no(self, out_refund_no: str) -> Refund | None:
-        row = self._s.one(self._SELECT_REFUND + " WHERE out_refund_no = ?", (out_refund_no,))
-        return _refund(row) if row is not None else None
-
-    def refunds_for(self, out_trade_no: str) -> list[Refund]:
-        return [_refund(row) for row in self._s.all(
-            self._SELECT_REFUND + " WHERE out_trade_no = ?" + self._OLDEST_FIRST, (out_trade_no,))]
-
-    def refunds_between(self, since: datetime, until: datetime, limit: int = 1000) -> list[Refund]:
-        return [_refund(row) for row in self._s.all(
-            self._SELECT_REFUND + " WHERE created_at >= ? AND created_at < ?" + self._OLDEST_FIRST + " LIMIT ?",
-            (_to_db(since), _to_db(until), limit))]
-
-
-def _attempt_row(a: PaymentAttempt) -> dict[str, Any]:
-    return {
-        "id": a.id, "out_trade_no": a.out_trade_no, "channel": a.channel, "purpose": _value(a.purpose),
-        "subject_id": a.subject_id, "amount_fen": a.amount_fen, "created_at": _to_db(a.created_at),
-        "expires_at": _to_db(a.expires_at), "state": _value(a.state), "code_url": a.code_url,
-        "transaction_id": a.transaction_id, "paid_at": _to_db_or_none(a.paid_at), "closed_reason": a.closed_reason,
-        "refunded_fen": a.refunded_fen, "actor": a.actor, "version": a.version,
-    }
-
-
-def _attempt(row: sqlite3.Row) -> PaymentAttempt:
-    return PaymentAttempt(
-        id=row["id"], out_trade_no=row["out_trade_no"], channel=row["channel"], purpose=Purpose(row["purpose"]),
-        subject_id=row["subject_id"], amount_fen=row["amount_fen"], created_at=_from_db(row["created_at"]),
-        expires_at=_from_db(row["expires_at"]), state=AttemptState(row["state"]), code_url=row["code_url"],
-        transaction_id=row["transaction_id"], paid_at=_from_db_or_none(row["paid_at"]),
-        closed_reason=row["closed_reason"], refunded_fen=row["refunded_fen"], actor=row["actor"],
-        version=row["version"],
-    )
-
-
-def _refund_row(r: Refund) -> dict[str, Any]:
-    return {
-        "id": r.id, "out_refund_no": r.out_refund_no, "out_trade_no": r.out_trade_no, "channel": r.channel,
-        "amount_fen": r.amount_fen, "reason": r.reason, "actor": r.actor, "created_at": _to_db(r.created_at),
-        "state": _value(r.state), "finished_at": _to_db_or_none(r.finished_at), "detail": r.detail,
-        "version": r.version,
-    }
-
-
-def _refund(row: sqlite3.Row) -> Refund:
-    return Refund(
-        id=row["id"], out_refund_no=row["out_refund_no"], out_trade_no=row["out_trade_no"], channel=row["channel"],
-        amount_fen=row["amount_fen"], reason=row["reason"], actor=row["actor"],
-        created_at=_from_db(row["created_at"]), state=RefundState(row["state"]),
-        finished_at=_from_db_or_none(row["finished_at"]), detail=row["detail"], version=row["version"],
-    )
-
-
-class _Outbox:
-    """``outbox``: one row per message, ``dedupe_key`` UNIQUE. The address is sealed (AAD ``outbox.address:<id>``)."""
-
-    _ADDRESS = "outbox.address"
-    _SELECT = (
-        "SELECT id, dedupe_key, kind, recipient_kind, recipient_id, channel, address_enc, params, text, created_at,"
-        " urgent, state, attempts, next_attempt_at, lease_until, sent_at, vendor_code, vendor_message_id, detail,"
-        " fallback_of, updated_at, version FROM outbox"
-    )
-    _INSERT = (
-        "INSERT INTO outbox (id, dedupe_key, kind, recipient_kind, recipient_id, channel, address_enc, params, text,"
-        " created_at, urgent, state, attempts, next_attempt_at, lease_until, sent_at, vendor_code, vendor_message_id,"
-        " detail, fallback_of, updated_at, version)"
-        " VALUES (:id, :dedupe_key, :kind, :recipient_kind, :recipient_id, :channel, :address_enc, :params, :text,"
-        " :created_at, :urgent, :state, :attempts, :next_attempt_at, :lease_until, :sent_at, :vendor_code,"
-        " :vendor_message_id, :detail, :fallback_of, :updated_at, :version)"
-        " ON CONFLICT (dedupe_key) DO NOTHING"
-    )
-    _UPDATE = (  # the address cannot change; it is re-sealed so a save leaves it under the active key
-        "UPDATE outbox SET address_enc = :address_enc, state = :state, attempts = :attempts,"
-        " next_attempt_at = :next_attempt_at, lease_until = :lease_until, sent_at = :sent_at,"
-        " vendor_code = :vendor_code, vendor_message_id = :vendor_message_id, detail = :detail,"
-        " updated_at = :updated_at, version = version + 1 WHERE id = :id AND version = :version"
-    )
-    _OPEN = tuple(s.value for s in OPEN_STATES)
-    _COUNTED = (MessageState.SENT.value, MessageState.SENDING.value)  # count_sent_since: sent or being sent
-
-    def __init__(self, session: _Session) -> None:
-        self._s = session
-
-    def add(self, message: OutboxMessage) -> bool:
-        """``False`` (nothing written) if a message with the same ``dedupe_key`` exists."""
-        try:
-            cursor = self._s.execute(self._INSERT, self._row(message))
-        except sqlite3.IntegrityError as exc:
-            raise (_exists_conflict("message") if _failed_constraint(exc) == "outbox.id"
-                   else _other_conflict()) from exc
-        return cursor.rowcount == 1
-
-    def save(self, message: OutboxMessage) -> None:
-        """Update state, attempts, times, vendor code/id and detail; ``Conflict`` if the row changed since read."""
-        if self._s.execute(self._UPDATE, self._row(message)).rowcount == 0:
-            raise _stale_conflict("message")
-        message._bump_version()
-
-    def get(self, message_id: str) -> OutboxMessage | None:
-        row = self._s.one(self._SELECT + " WHERE id = ?", (message_id,))
-        return self._message(row) if row is not None else None
-
-    def by_dedupe_key(self, dedupe_key: str) -> OutboxMessage | None:
-        row = self._s.one(self._SELECT + " WHERE dedupe_key = ?", (dedupe_key,))
-        return self._message(row) if row is not None else None
-
-    def due(self, now: datetime, limit: int = 50) -> list[OutboxMessage]:
-        """Open messages whose ``next_attempt_at`` is unset or ``<= now``, oldest first (then in add order)."""
-        rows = self._s.all(
-            self._SELECT + " WHERE state IN (?, ?) AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
-            " ORDER BY created_at, seq LIMIT ?", (*self._OPEN, _to_db(now), limit))
-        return [self._message(row) for row in rows]
-
-    def in_doubt(self, now: datetime, limit: int = 50) -> list[OutboxMessage]:
-        rows = self._s.all(self._SELECT + " WHERE state = ? AND lease_until <= ? ORDER BY created_at, seq LIMIT ?",
-                           (MessageState.SENDING.value, _to_db(now), limit))
-        return [self._message(row) for row in rows]
-
-    def list(self, *, state: MessageState | None = None, kind: str | None = None, recipient_id: str | None = None,
-             limit: int = 100) -> list[OutboxMessage]:
-        """Newest first by ``created_at`` (the later-added first on equal times)."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {"limit": limit}
-        for name, value in (("state", state), ("kind", kind), ("recipient_id", recipient_id)):
-            if value is not None:
-                clauses.append(f"{name} = :{name}")  # names from the fixed tuple above, values parameterised
-                params[name] = _value(value)
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        rows = self._s.all(self._SELECT + where + " ORDER BY created_at DESC, seq DESC LIMIT :limit", params)
-        return [self._message(row) for row in rows]
-
-    def count_by_state(self) -> dict[str, int]:
-        return {row[0]: row[1] for row in self._s.all("SELECT state, count(*) FROM outbox GROUP BY state")}
-
-    def count_sent_since(self, recipient_id: str, since: datetime) -> int:
-        """Messages to ``recipient_id`` sent or being sent whose last change (``updated_at``) is ``>= since``."""
-        return self._s.one(
-            "SELECT count(*) FROM outbox WHERE recipient_id = ? AND state IN (?, ?)"
-            " AND coalesce(updated_at, created_at) >= ?", (recipient_id, *self._COUNTED, _to_db(since)))[0]
-
-    def _row(self, m: OutboxMessage) -> dict[str, Any]:
-        return {
-            "id": m.id, "dedupe_key": m.dedupe_key, "kind": m.kind, "recipient_kind": m.recipient_kind,
-            "recipient_id": m.recipient_id, "channel": m.channel,
-            "address_enc": self._s.seal(self._ADDRESS, m.id, m.address),
-            "params": json.dumps(m.params, ensure_ascii=False), "text": m.text, "created_at": _to_db(m.created_at),
-            "urgent": int(m.urgent), "state": _value(m.state), "attempts": m.attempts,
-            "next_attempt_at": _to_db_or_none(m.next_attempt_at), "lease_until": _to_db_or_none(m.lease_until),
-            "sent_at": _to_db_or_none(m.sent_at), "vendor_code": m.vendor_code,
-            "vendor_message_id": m.vendor_message_id, "detail": m.detail, "fallback_of": m.fallback_of,
-            "updated_at": _to_db_or_none(m.updated_at), "version": m.version,
-        }
-
-    def _message(self, row: sqlite3.Row) -> OutboxMessage:
-        mid = row["id"]
-        return OutboxMessage(
-            id=mid, dedupe_key=row["dedupe_key"], kind=row["kind"], recipient_kind=row["recipient_kind"],
-            recipient_id=row["recipient_id"], channel=row["channel"],
-            address=self._s.unseal(self._ADDRESS, mid, row["address_enc"]), params=json.loads(row["params"]),
-            text=row["text"], created_at=_from_db(row["created_at"]), urgent=bool(row["urgent"]),
-            state=MessageState(row["state"]), attempts=row["attempts"],
-            next_attempt_at=_from_db_or_none(row["next_attempt_at"]), lease_until=_from_db_or_none(row["lease_until"]),
-            sent_at=_from_db_or_none(row["sent_at"]), vendor_code=row["vendor_code"],
-            vendor_message_id=row["vendor_message_id"], detail=row["detail"], fallback_of=row["fallback_of"],
-            updated_at=_from_db_or_none(row["updated_at"]), version=row["version"],
-        )
