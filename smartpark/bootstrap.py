@@ -28,6 +28,7 @@ from .core.delivery import DeliveryPolicy, OutboxWorker, parse_quiet_hours
 from .core.errors import ConfigError
 from .core.gate import GateRules, Lane, ParkingService, RegistrationLinks
 from .core.notify import Attendant, NotificationPlanner, NotificationService, NotifyPolicy
+from .core.owner_login import OwnerLoginService
 from .core.payservice import PaymentService, PaymentSettings
 from .core.receipts import ReceiptService
 from .core.services import AnnouncementService, AuditService, BalanceService, ResidentService
@@ -115,6 +116,12 @@ def _receipts(store: Any, clock: Any, keyring: KeyRing, c: AppConfig) -> Receipt
     """Receipt verification codes: an HMAC key of their own, derived like the links' key (never the data key)."""
     key = hmac.new(keyring.audit_key, b"smartpark receipts v1", hashlib.sha256).digest()
     return ReceiptService(store, clock, key, c.lot.name, c.gate.public_url, timezone=c.lot.timezone)
+
+
+def _owner_login(store: Any, clock: Any, keyring: KeyRing, policy: NotifyPolicy) -> OwnerLoginService:
+    """The owners' page sign-in (SMS codes, sessions): an HMAC key of its own, derived like the receipts' key."""
+    key = hmac.new(keyring.audit_key, b"smartpark owner login v1", hashlib.sha256).digest()
+    return OwnerLoginService(store, clock, key, policy)
 
 
 def _notifier_channels(notifiers: Any) -> frozenset[str] | None:
@@ -219,6 +226,7 @@ class Container(containers.DeclarativeContainer):
     notification_planner = providers.Singleton(NotificationPlanner, clock=clock, policy=notify_policy,
                                                receipt_link=providers.Singleton(_receipt_link, receipts))
     notifications = providers.Singleton(NotificationService, store, clock, notification_planner)
+    owner_login = providers.Singleton(_owner_login, store, clock, keyring, notify_policy)
     delivery_policy = providers.Singleton(_delivery_policy, config, notifiers)
     outbox_worker = providers.Singleton(OutboxWorker, store, clock, notifiers, delivery_policy)
     parking = providers.Singleton(ParkingService, store, clock, bus, rules=gate_rules, tariffs=tariffs,
@@ -249,6 +257,7 @@ class App:
     notifications = property(lambda self: self.container.notifications())
     outbox_worker = property(lambda self: self.container.outbox_worker())
     receipts = property(lambda self: self.container.receipts())
+    owner_login = property(lambda self: self.container.owner_login())
     tariffs = property(lambda self: self.container.tariffs())
     gates = property(lambda self: self.container.gates())
     recognizers = property(lambda self: self.container.recognizers())

@@ -46,6 +46,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "gate_failed": "【道闸故障】车道 {lane} 的道闸于 {time} 无响应：{detail}，请尽快手动处理。",
     "low_balance": "您的停车账户余额为 {balance} 元，已低于 {threshold} 元，请及时充值。",
     "arrears": "您的停车账户已欠费 {arrears} 元，请尽快充值。",
+    "login_code": "您的登录验证码为 {code}，{minutes} 分钟内有效。如非本人操作请忽略。",
 }
 
 #: Per kind: the placeholders its text may use (every kind also has ``lot``). Config validation uses it.
@@ -61,6 +62,7 @@ KIND_PARAMS: dict[str, frozenset[str]] = {
     "gate_failed": frozenset({"lane", "detail", "time"}),
     "low_balance": frozenset({"balance", "threshold"}),
     "arrears": frozenset({"arrears", "balance"}),
+    "login_code": frozenset({"code", "minutes"}),  # the owners' page sign-in (smartpark.core.owner_login)
 }
 KIND_PARAMS = {k: v | {"lot"} for k, v in KIND_PARAMS.items()}
 KINDS: tuple[str, ...] = tuple(DEFAULT_TEMPLATES)

@@ -16,6 +16,7 @@ Routes (README.md has the full table)::
     POST /api/visitor/register            the visitor page's submit
     GET  /api/announcements               current announcements
     /fee, /receipt/..., /verify           paying, receipts and their verification (pay_pages.py)
+    /owner, /api/owner/...                the owners' self-service page: SMS sign-in, balance, top-up (owner_pages.py)
     /api/booth/...                        the attendant API (Authorization: Bearer <token>), including
                                           POST /api/booth/owners/{id}/topup {"amount_fen","channel"}
     (adapter routes)                      from Runtime.http_routes(), e.g. camera push endpoints
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).with_name("page")
 VISITOR_ACTOR = "visitor-page"
 #: Path prefixes of our own routes; an adapter route may not take them.
-RESERVED_PREFIXES = ("/api/", "/v/", "/static/", "/healthz", "/fee", "/receipt/", "/verify")
+RESERVED_PREFIXES = ("/api/", "/v/", "/static/", "/healthz", "/fee", "/receipt/", "/verify", "/owner")
 CONSENT_ZH = "请阅读并同意《个人信息处理说明》后再登记"
 
 #: Chinese messages for pydantic's own error types (the value parsers bring their own).
@@ -195,7 +196,7 @@ class BodyLimit:
         self.app, self.default_limit, self.api_limit = app, default_limit, api_limit
 
     def limit_for(self, path: str) -> int:
-        return self.api_limit if path.startswith(("/api/", "/v/", "/fee")) else self.default_limit
+        return self.api_limit if path.startswith(("/api/", "/v/", "/fee", "/owner")) else self.default_limit
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -337,7 +338,7 @@ class _Assets:
         self.visitor = string.Template((folder / "visitor.html").read_text(encoding="utf-8"))
         self.message = string.Template((folder / "message.html").read_text(encoding="utf-8"))
         self.files = {name: (folder / name).read_bytes()
-                      for name in ("visitor.css", "visitor.js", "pay.css", "pay.js")}
+                      for name in ("visitor.css", "visitor.js", "pay.css", "pay.js", "owner.css")}
         digest = hashlib.sha256(b"".join(self.files.values()))
         self.version = digest.hexdigest()[:12]
         self.etags = {name: '"' + hashlib.sha256(data).hexdigest()[:16] + '"' for name, data in self.files.items()}
@@ -560,6 +561,10 @@ def create_api(app: Any, runtime: Any, hub: EventHub, settings: Settings | None 
     from .pay_pages import add_routes as add_payment_routes  # it imports this module's helpers
 
     add_payment_routes(api, app, call=call, tz=tz, asset_version=assets.version)
+
+    from .owner_pages import add_routes as add_owner_routes  # the owners' page (业主自助), same pattern
+
+    add_owner_routes(api, app, call=call, tz=tz, asset_version=assets.version)
 
     @api.post("/api/validate")
     async def validate(request: Request) -> JSONResponse:
