@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -33,8 +33,9 @@ from smartpark.core.receipts import CHANNEL_ZH
 from smartpark.core.values import Money, Phone
 from smartpark.infra.receipt_render import qr_svg
 
+from . import page_shell
 from .events import to_jsonable
-from .http import _PAGE_HEADERS, ApiError, _e
+from .http import ApiError, _e
 
 log = logging.getLogger(__name__)
 
@@ -72,44 +73,14 @@ def add_routes(api: FastAPI, app: Any, *, call: Callable[..., Awaitable[Any]], t
 
     def layout(title: str, body: str, *, status: int = 200, script: bool = False,
                headers: dict[str, str] | None = None) -> HTMLResponse:
-        lot = _e(app.config.lot.name)
-        js = f'<script src="/static/pay.js?v={asset_version}"></script>' if script else ""
-        text = f"""<!doctype html>
-<html lang="zh-CN">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover">
-<meta name="referrer" content="no-referrer">
-<meta name="robots" content="noindex, nofollow">
-<meta name="format-detection" content="telephone=no">
-<title>{_e(title)} · {lot}</title>
-<link rel="icon" href="data:,">
-<link rel="stylesheet" href="/static/visitor.css?v={asset_version}">
-<link rel="stylesheet" href="/static/pay.css?v={asset_version}">
-<link rel="stylesheet" href="/static/owner.css?v={asset_version}">
-</head>
-<body>
-<main class="page" id="page">
-  <header class="top"><p class="lot">{lot}</p><h1>业主自助</h1></header>
-{body}
-  <footer class="foot">如需帮助，请联系物业或值班员</footer>
-</main>
-{js}
-</body>
-</html>"""
-        return HTMLResponse(text, status_code=status, headers={**_PAGE_HEADERS, **(headers or {})})
+        return page_shell.page(lot_name=app.config.lot.name, title=title, heading="业主自助", body=body,
+                               asset_version=asset_version, footer="如需帮助，请联系物业或值班员",
+                               styles=("visitor.css", "pay.css", "owner.css"), script=script, status=status,
+                               headers=headers)
 
-    def result(kind: str, title: str, message: str, extra: str = "", *, element_id: str = "result") -> str:
-        return (f'<section class="card result result-{kind}" id="{element_id}" aria-live="polite">'
-                f'<div class="result-icon" aria-hidden="true"></div><h2 id="{element_id}-title">{_e(title)}</h2>'
-                f'<p class="result-text" id="{element_id}-text">{_e(message)}</p>{extra}</section>')
+    result = page_shell.result
 
-    async def form_fields(request: Request) -> dict[str, str]:
-        raw = await request.body()
-        if len(raw) > 4096:
-            raise ApiError(413, "请求内容过大", "form too large")
-        parsed = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
-        return {k: v[0] for k, v in parsed.items() if v}
+    form_fields = page_shell.form_fields
 
     def session_of(request: Request) -> tuple[str, str] | None:
         token = request.cookies.get(COOKIE, "")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -39,8 +39,9 @@ from smartpark.core.receipts import CHANNEL_ZH
 from smartpark.core.values import Money, Plate
 from smartpark.infra.receipt_render import qr_svg, render_pdf, render_png
 
+from . import page_shell
 from .events import to_jsonable
-from .http import _PAGE_HEADERS, VISITOR_ACTOR, Actor, ApiError, _e, _parse
+from .http import VISITOR_ACTOR, Actor, ApiError, _e, _parse
 
 log = logging.getLogger(__name__)
 
@@ -101,36 +102,11 @@ def add_routes(api: FastAPI, app: Any, *, call: Callable[..., Awaitable[Any]], t
         return int(getattr(app.tariffs.visitor, "grace_minutes", 0) or 0)
 
     def layout(title: str, body: str, *, status: int = 200, script: bool = False, heading: str = "") -> HTMLResponse:
-        lot = _e(app.config.lot.name)
-        js = f'<script src="/static/pay.js?v={asset_version}"></script>' if script else ""
-        text = f"""<!doctype html>
-<html lang="zh-CN">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover">
-<meta name="referrer" content="no-referrer">
-<meta name="robots" content="noindex, nofollow">
-<meta name="format-detection" content="telephone=no">
-<title>{_e(title)} · {lot}</title>
-<link rel="icon" href="data:,">
-<link rel="stylesheet" href="/static/visitor.css?v={asset_version}">
-<link rel="stylesheet" href="/static/pay.css?v={asset_version}">
-</head>
-<body>
-<main class="page" id="page">
-  <header class="top"><p class="lot">{lot}</p><h1>{_e(heading or title)}</h1></header>
-{body}
-  <footer class="foot">如需帮助，请按车道对讲或联系值班员</footer>
-</main>
-{js}
-</body>
-</html>"""
-        return HTMLResponse(text, status_code=status, headers=_PAGE_HEADERS)
+        return page_shell.page(lot_name=app.config.lot.name, title=title, heading=heading or title, body=body,
+                               asset_version=asset_version, footer="如需帮助，请按车道对讲或联系值班员",
+                               script=script, status=status)
 
-    def result(kind: str, title: str, message: str, extra: str = "", *, element_id: str = "result") -> str:
-        return (f'<section class="card result result-{kind}" id="{element_id}" aria-live="polite">'
-                f'<div class="result-icon" aria-hidden="true"></div><h2 id="{element_id}-title">{_e(title)}</h2>'
-                f'<p class="result-text" id="{element_id}-text">{_e(message)}</p>{extra}</section>')
+    result = page_shell.result
 
     def rows_html(receipt: Any) -> str:
         cells = "".join(f'<div class="row" data-label="{_e(label)}"><dt>{_e(label)}</dt><dd>{_e(value)}</dd></div>'
@@ -273,12 +249,7 @@ def add_routes(api: FastAPI, app: Any, *, call: Callable[..., Awaitable[Any]], t
   <p class="foot"><a href="/fee">重新查询</a></p>"""
         return layout("缴费", body, status=status, heading="缴费 / 场内预付")
 
-    async def form_fields(request: Request) -> dict[str, str]:
-        raw = await request.body()
-        if len(raw) > 4096:
-            raise ApiError(413, "请求内容过大", "form too large")
-        parsed = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
-        return {k: v[0] for k, v in parsed.items() if v}
+    form_fields = page_shell.form_fields
 
     @api.get("/fee", include_in_schema=False)
     async def fee_form() -> HTMLResponse:
