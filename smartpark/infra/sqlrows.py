@@ -150,6 +150,7 @@ class RowMap(Generic[E]):
     bools: frozenset[str] = frozenset()
     json: frozenset[str] = frozenset()
     sealed: frozenset[str] = frozenset()
+    extra: tuple[str, ...] = ()  # further columns the repository fills itself (e.g. a sealed body)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -158,7 +159,7 @@ class RowMap(Generic[E]):
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return tuple(f"{n}_enc" if n in self.sealed else n for n in self.names)
+        return (*(f"{n}_enc" if n in self.sealed else n for n in self.names), *self.extra)
 
     def to_row(self, d: Dialect, entity: E) -> dict[str, Any]:
         """The row's parameters, by column name, without the sealed columns (the caller adds them)."""
@@ -166,8 +167,9 @@ class RowMap(Generic[E]):
                 if name not in self.sealed}
 
     def from_row(self, d: Dialect, row: Mapping[str, Any], **given: Any) -> E:
-        """The entity of ``row``; ``given`` supplies the sealed fields (already unsealed)."""
-        kwargs = {name: self._decode(d, name, row[name]) for name in self.names if name not in self.sealed}
+        """The entity of ``row``; ``given`` supplies the sealed fields (already unsealed) and overrides others."""
+        kwargs = {name: self._decode(d, name, row[name]) for name in self.names
+                  if name not in self.sealed and name not in given}
         return self.entity(**kwargs, **given)
 
     def _encode(self, d: Dialect, name: str, value: Any) -> object:
@@ -207,7 +209,7 @@ MESSAGES: RowMap[OutboxMessage] = RowMap(
     table="outbox", entity=OutboxMessage, fields=message_fields,
     times=frozenset({"created_at", "next_attempt_at", "lease_until", "sent_at", "updated_at"}),
     enums={"state": MessageState}, bools=frozenset({"urgent"}), json=frozenset({"params"}),
-    sealed=frozenset({"address"}))
+    sealed=frozenset({"address"}), extra=("body_enc",))
 
 
 def select_sql(m: RowMap[Any]) -> str:
@@ -435,13 +437,17 @@ class SqlPayments:
 
 
 class SqlOutbox:
-    """``outbox``: one row per message, ``dedupe_key`` UNIQUE. The address is sealed (AAD ``outbox.address:<id>``).
+    """``outbox``: one row per message, ``dedupe_key`` UNIQUE. The address is sealed (AAD ``outbox.address:<id>``),
+    and so is the body -- the params and the rendered text, which may carry a one-time login code or a receipt's
+    verification code -- as one JSON document in ``body_enc`` (AAD ``outbox.body:<id>``); the plain ``params`` and
+    ``text`` columns are left empty (they hold only rows written before the body was sealed).
 
     Two workers claiming one message: both read it (``due`` does not lock), both save it as ``sending``;
     the version-checked UPDATE lets the first through and gives the second a ``Conflict``.
     """
 
     _ADDRESS = "outbox.address"
+    _BODY = "outbox.body"
     _SENDING = MessageState.SENDING.value
     _COUNTED = (MessageState.SENT, MessageState.SENDING)  # count_sent_since: sent or being sent
 
@@ -450,7 +456,8 @@ class SqlOutbox:
         self._select = select_sql(MESSAGES)
         self._insert = insert_sql(dialect, MESSAGES, " ON CONFLICT (dedupe_key) DO NOTHING")
         self._update = update_sql(dialect, MESSAGES, (  # the address cannot change; it is re-sealed so a save
-            "address_enc", "state", "attempts", "next_attempt_at", "lease_until",  # leaves it under the active key
+            "address_enc", "body_enc", "params", "text", "state", "attempts", "next_attempt_at",  # under the active key
+            "lease_until",
             "sent_at", "vendor_code", "vendor_message_id", "detail", "updated_at"))
 
     def add(self, message: OutboxMessage) -> bool:
@@ -519,7 +526,14 @@ class SqlOutbox:
         return self._message(row) if row is not None else None
 
     def _row(self, m: OutboxMessage) -> dict[str, Any]:
-        return {**MESSAGES.to_row(self._d, m), "address_enc": self._s.seal(self._ADDRESS, m.id, m.address)}
+        body = json.dumps({"params": m.params, "text": m.text}, ensure_ascii=False)
+        return {**MESSAGES.to_row(self._d, m), "params": "{}", "text": "",
+                "address_enc": self._s.seal(self._ADDRESS, m.id, m.address),
+                "body_enc": self._s.seal(self._BODY, m.id, body)}
 
     def _message(self, row: Mapping[str, Any]) -> OutboxMessage:
-        return MESSAGES.from_row(self._d, row, address=self._s.unseal(self._ADDRESS, row["id"], row["address_enc"]))
+        given: dict[str, Any] = {"address": self._s.unseal(self._ADDRESS, row["id"], row["address_enc"])}
+        if row["body_enc"] is not None:
+            body = json.loads(self._s.unseal(self._BODY, row["id"], row["body_enc"]))
+            given |= {"params": body["params"], "text": body["text"]}
+        return MESSAGES.from_row(self._d, row, **given)

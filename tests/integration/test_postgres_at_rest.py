@@ -160,6 +160,7 @@ class TestNothingSensitiveInClear(PostgresTest):
         self.secrets += [text.encode("utf-8") for text in self.raw_reads]
         self.add_outbox_messages()
         self.secrets += [address.encode("utf-8") for address in self.addresses]
+        self.secrets.append(self.login_code.encode("utf-8"))
 
     def add_outbox_messages(self) -> None:
         """Queued notifications: an SMS to a phone number and a WeChat message to an openid (both sensitive),
@@ -171,8 +172,14 @@ class TestNothingSensitiveInClear(PostgresTest):
                                  params={"plate": "京A·***45"}, text="您的车辆京A·***45已入场", at=SAMPLE_TIME)
             for n, (channel, address) in enumerate(zip(("sms", "wechat"), self.addresses))
         ]
+        # a one-time sign-in code travels in the params and the text: the body is sealed like the address
+        self.login_code = "739251"
+        self.login_message = OutboxMessage.create(
+            dedupe_key="login:1", kind="login_code", recipient_kind="owner", recipient_id=self.owners[0].id,
+            channel="sms", address=self.addresses[0], params={"code": self.login_code, "minutes": "5"},
+            text=f"您的登录验证码为 {self.login_code}，5 分钟内有效。", at=SAMPLE_TIME, urgent=True)
         with self.store.unit_of_work() as uow:
-            for m in self.messages:
+            for m in [*self.messages, self.login_message]:
                 self.assertTrue(uow.outbox.add(m))
         with self.store.unit_of_work() as uow:
             claimed = uow.outbox.get(self.messages[0].id)
@@ -321,7 +328,7 @@ class TestNothingSensitiveInClear(PostgresTest):
                 uow.orders.get(self.parking_ids["order"])
 
     def test_an_outbox_address_is_a_token_bound_to_its_row(self) -> None:
-        tokens = self.raw("SELECT id, address_enc FROM outbox ORDER BY seq")
+        tokens = self.raw("SELECT id, address_enc FROM outbox WHERE id <> %s ORDER BY seq", (self.login_message.id,))
         self.assertEqual([row[0] for row in tokens], [m.id for m in self.messages])
         for (message_id, token), address in zip(tokens, self.addresses):
             self.assertTrue(token.startswith("k1:"), token)
@@ -334,6 +341,16 @@ class TestNothingSensitiveInClear(PostgresTest):
         with self.store.unit_of_work() as uow:
             with self.assertRaises(DecryptionError):
                 uow.outbox.get(second.id)
+
+    def test_an_outbox_body_is_sealed_and_read_back_through_the_store(self) -> None:
+        [(params, text, body)] = self.raw("SELECT params, text, body_enc FROM outbox WHERE id = %s",
+                                          (self.login_message.id,))
+        self.assertEqual((params if isinstance(params, dict) else json.loads(params), text), ({}, ""))
+        self.assertNotIn(self.login_code, body)
+        self.assertEqual(self.keyring.decrypt(body, f"outbox.body:{self.login_message.id}").count(self.login_code), 2)
+        with self.store.unit_of_work() as uow:
+            got = uow.outbox.get(self.login_message.id)
+        self.assertEqual((got.params, got.text), (self.login_message.params, self.login_message.text))
 
     def test_after_rotation_saving_an_outbox_message_rewraps_its_address(self) -> None:
         self.keyring.add_key("k2", bytes(range(32)))

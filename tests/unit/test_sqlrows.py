@@ -154,7 +154,7 @@ class SqlTextTests(unittest.TestCase):
         conn.row_factory = sqlite3.Row
         conn.execute(f"CREATE TABLE outbox (seq INTEGER PRIMARY KEY, {', '.join(MESSAGES.columns)})")
         m = message()
-        conn.execute(insert_sql(TEXT, MESSAGES), {**MESSAGES.to_row(TEXT, m), "address_enc": "sealed"})
+        conn.execute(insert_sql(TEXT, MESSAGES), {**MESSAGES.to_row(TEXT, m), "address_enc": "sealed", "body_enc": None})
         is_open, params = TEXT.one_of("state", "open", (MessageState.PENDING, MessageState.FAILED))
         sql, more = find_query(TEXT, select_sql(MESSAGES), (("kind", "entry_reminder"),), order=" ORDER BY seq",
                                limit=10, since=AT)

@@ -447,11 +447,17 @@ ALTER TABLE owners ADD COLUMN notify_channel text NOT NULL DEFAULT 'auto'
     CONSTRAINT owners_notify_channel_check CHECK (notify_channel IN ('auto', 'sms', 'wechat'));
 """
 
+# An outbox message's params and text (a one-time login code, a receipt's code) are sealed like its address.
+_V5_OUTBOX_BODY_SEALED = """
+ALTER TABLE outbox ADD COLUMN body_enc text;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: people, plates, announcements, ledger, audit, parking", _V1_INITIAL_SCHEMA),
     Migration(2, "payments: attempts, seen callbacks, refunds; the notification outbox", _V2_PAYMENTS_OUTBOX),
     Migration(3, "decisions: look a read event up by lane and event id", _V3_READ_EVENTS),
     Migration(4, "owners: the first notification channel", _V4_OWNER_NOTIFY_CHANNEL),
+    Migration(5, "outbox: the message body sealed", _V5_OUTBOX_BODY_SEALED),
 )
 
 

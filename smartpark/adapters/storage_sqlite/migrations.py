@@ -387,12 +387,18 @@ ALTER TABLE owners ADD COLUMN notify_channel TEXT NOT NULL DEFAULT 'auto'
     CHECK (notify_channel IN ('auto', 'sms', 'wechat'));
 """
 
+# An outbox message's params and text (a one-time login code, a receipt's code) are sealed like its address.
+_V6_OUTBOX_BODY_SEALED = """
+ALTER TABLE outbox ADD COLUMN body_enc TEXT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1_INITIAL_SCHEMA),
     Migration(2, "parking: sessions, orders, decisions, blocklist, devices, lot state", _V2_PARKING),
     Migration(3, "payments: attempts, seen callbacks, refunds; the notification outbox", _V3_PAYMENTS_OUTBOX),
     Migration(4, "decisions: look a read event up by lane and event id", _V4_READ_EVENTS),
     Migration(5, "owners: the first notification channel", _V5_OWNER_NOTIFY_CHANNEL),
+    Migration(6, "outbox: the message body sealed", _V6_OUTBOX_BODY_SEALED),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
