@@ -138,6 +138,8 @@ class PostgresTest(unittest.TestCase):
 
 @needs_postgres
 class TestNothingSensitiveInClear(PostgresTest):
+    OPENID = "oBwner9openid0sealed0at0rest"
+
     def setUp(self) -> None:
         super().setUp()
         self.owners = [sample_owner(1, plates=(Plate("京AD12345"), Plate("粤B6K8M2"))), sample_owner(2)]
@@ -153,6 +155,7 @@ class TestNothingSensitiveInClear(PostgresTest):
         with self.store.unit_of_work() as uow:
             owner = uow.owners.get(self.owners[1].id)
             owner._replace_plate(owner.plates[0], Plate("京B99887"))
+            owner._set_preferences(wechat_openid=self.OPENID)  # an openid identifies a person: sealed too
             uow.owners.save(owner)
         self.owners[1] = owner
         self.add_parking_records()
@@ -161,6 +164,7 @@ class TestNothingSensitiveInClear(PostgresTest):
         self.add_outbox_messages()
         self.secrets += [address.encode("utf-8") for address in self.addresses]
         self.secrets.append(self.login_code.encode("utf-8"))
+        self.secrets.append(self.OPENID.encode("utf-8"))
 
     def add_outbox_messages(self) -> None:
         """Queued notifications: an SMS to a phone number and a WeChat message to an openid (both sensitive),
@@ -341,6 +345,18 @@ class TestNothingSensitiveInClear(PostgresTest):
         with self.store.unit_of_work() as uow:
             with self.assertRaises(DecryptionError):
                 uow.outbox.get(second.id)
+
+    def test_an_openid_written_in_clear_before_it_was_sealed_is_read_and_sealed_by_the_next_save(self) -> None:
+        owner_id = self.owners[1].id
+        self.raw("UPDATE owners SET wechat_openid = %s, wechat_openid_enc = NULL WHERE id = %s",
+                 (self.OPENID, owner_id))  # as a row from before the column was sealed
+        with self.store.unit_of_work() as uow:
+            owner = uow.owners.get(owner_id)
+            self.assertEqual(owner.wechat_openid, self.OPENID)
+            uow.owners.save(owner)
+        [(plain, token)] = self.raw("SELECT wechat_openid, wechat_openid_enc FROM owners WHERE id = %s", (owner_id,))
+        self.assertIsNone(plain)
+        self.assertEqual(self.keyring.decrypt(token, f"owners.wechat_openid_enc:{owner_id}"), self.OPENID)
 
     def test_an_outbox_body_is_sealed_and_read_back_through_the_store(self) -> None:
         [(params, text, body)] = self.raw("SELECT params, text, body_enc FROM outbox WHERE id = %s",

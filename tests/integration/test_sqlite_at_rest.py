@@ -65,6 +65,8 @@ class SqliteFileTest(unittest.TestCase):
 
 
 class TestNothingSensitiveInClear(SqliteFileTest):
+    OPENID = "oBwner9openid0sealed0at0rest"
+
     def setUp(self) -> None:
         super().setUp()
         self.owners = [sample_owner(1, plates=(Plate("京AD12345"), Plate("粤B6K8M2"))), sample_owner(2)]
@@ -80,6 +82,7 @@ class TestNothingSensitiveInClear(SqliteFileTest):
         with self.store.unit_of_work() as uow:
             owner = uow.owners.get(owner.id)
             owner._replace_plate(owner.plates[0], Plate("京B99887"))
+            owner._set_preferences(wechat_openid=self.OPENID)  # an openid identifies a person: sealed too
             uow.owners.save(owner)
         self.owners[1] = owner
         self.add_parking_records()
@@ -88,6 +91,7 @@ class TestNothingSensitiveInClear(SqliteFileTest):
         self.add_outbox_messages()
         self.secrets += [address.encode("utf-8") for address in self.addresses]
         self.secrets.append(self.login_code.encode("utf-8"))
+        self.secrets.append(self.OPENID.encode("utf-8"))
 
     def add_parking_records(self) -> None:
         """A stay inside, a finished one with a paid order, gate decisions and a blocked plate, each with its own
@@ -261,6 +265,18 @@ class TestNothingSensitiveInClear(SqliteFileTest):
         with self.store.unit_of_work() as uow:
             with self.assertRaises(DecryptionError):
                 uow.outbox.get(second.id)
+
+    def test_an_openid_written_in_clear_before_it_was_sealed_is_read_and_sealed_by_the_next_save(self) -> None:
+        owner_id = self.owners[1].id
+        self.raw("UPDATE owners SET wechat_openid = ?, wechat_openid_enc = NULL WHERE id = ?",
+                 (self.OPENID, owner_id))  # as a row from before the column was sealed
+        with self.store.unit_of_work() as uow:
+            owner = uow.owners.get(owner_id)
+            self.assertEqual(owner.wechat_openid, self.OPENID)
+            uow.owners.save(owner)
+        [(plain, token)] = self.raw("SELECT wechat_openid, wechat_openid_enc FROM owners WHERE id = ?", (owner_id,))
+        self.assertIsNone(plain)
+        self.assertEqual(self.keyring.decrypt(token, f"owners.wechat_openid_enc:{owner_id}"), self.OPENID)
 
     def test_an_outbox_body_is_sealed_and_read_back_through_the_store(self) -> None:
         [(params, text, body)] = self.raw("SELECT params, text, body_enc FROM outbox WHERE id = ?",
@@ -515,7 +531,9 @@ class TestMigrations(SqliteFileTest):
         path = self.path.with_name("v1.db")
         first = migrations.MIGRATIONS[:1]
         # the owner is written as the version-1 code wrote it (no column added by a later migration)
-        v1_insert = store_module._Owners._INSERT.replace(" notify_channel,", "").replace(" :notify_channel,", "")
+        v1_insert = store_module._Owners._INSERT
+        for later in ("wechat_openid_enc", "notify_channel"):  # columns added by later migrations
+            v1_insert = v1_insert.replace(f" {later},", "").replace(f" :{later},", "")
         with mock.patch("smartpark.adapters.storage_sqlite.store.MIGRATIONS", first), \
                 mock.patch("smartpark.adapters.storage_sqlite.store.LATEST_VERSION", 1), \
                 mock.patch.object(store_module._Owners, "_INSERT", v1_insert):

@@ -452,12 +452,18 @@ _V5_OUTBOX_BODY_SEALED = """
 ALTER TABLE outbox ADD COLUMN body_enc text;
 """
 
+# An owner's WeChat openid identifies a person: sealed like the phone (existing values move on the next save).
+_V6_OWNER_OPENID_SEALED = """
+ALTER TABLE owners ADD COLUMN wechat_openid_enc text;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: people, plates, announcements, ledger, audit, parking", _V1_INITIAL_SCHEMA),
     Migration(2, "payments: attempts, seen callbacks, refunds; the notification outbox", _V2_PAYMENTS_OUTBOX),
     Migration(3, "decisions: look a read event up by lane and event id", _V3_READ_EVENTS),
     Migration(4, "owners: the first notification channel", _V4_OWNER_NOTIFY_CHANNEL),
     Migration(5, "outbox: the message body sealed", _V5_OUTBOX_BODY_SEALED),
+    Migration(6, "owners: the WeChat openid sealed", _V6_OWNER_OPENID_SEALED),
 )
 
 

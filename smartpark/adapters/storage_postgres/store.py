@@ -418,21 +418,23 @@ def _locked_read(session: _Session, lock_sql: str, read_sql: str, params: Sequen
 class _Owners:
     _SELECT = (
         "SELECT o.id, o.name, o.id_number_enc, o.phone_enc, o.balance_fen, o.lot_full_opt_out, o.wechat_openid,"
-        " o.notify_channel, o.created_at, o.version,"
+        " o.wechat_openid_enc, o.notify_channel, o.created_at, o.version,"
         " ARRAY(SELECT ARRAY[p.plate_bidx, p.plate_enc] FROM plates p WHERE p.owner_id = o.id"
         "       ORDER BY p.position) AS plates"
         " FROM owners o"
     )
     _INSERT = (
         "INSERT INTO owners (id, name, id_number_enc, id_number_bidx, phone_enc, phone_bidx, balance_fen,"
-        " lot_full_opt_out, wechat_openid, notify_channel, created_at, version)"
+        " lot_full_opt_out, wechat_openid, wechat_openid_enc, notify_channel, created_at, version)"
         " VALUES (%(id)s, %(name)s, %(id_number_enc)s, %(id_number_bidx)s, %(phone_enc)s, %(phone_bidx)s,"
-        " %(balance_fen)s, %(lot_full_opt_out)s, %(wechat_openid)s, %(notify_channel)s, %(created_at)s, %(version)s)"
+        " %(balance_fen)s, %(lot_full_opt_out)s, %(wechat_openid)s, %(wechat_openid_enc)s,"
+        " %(notify_channel)s, %(created_at)s, %(version)s)"
     )
     _UPDATE = (
         "UPDATE owners SET name = %(name)s, id_number_enc = %(id_number_enc)s, id_number_bidx = %(id_number_bidx)s,"
         " phone_enc = %(phone_enc)s, phone_bidx = %(phone_bidx)s, balance_fen = %(balance_fen)s,"
         " lot_full_opt_out = %(lot_full_opt_out)s, wechat_openid = %(wechat_openid)s,"
+        " wechat_openid_enc = %(wechat_openid_enc)s,"
         " notify_channel = %(notify_channel)s, version = version + 1"
         " WHERE id = %(id)s AND version = %(version)s"
     )
@@ -500,7 +502,11 @@ class _Owners:
             "phone_enc": s.seal("owners.phone_enc", owner.id, owner.phone),
             "phone_bidx": s.blind_index("phone", owner.phone),
             "balance_fen": owner.balance.fen, "lot_full_opt_out": bool(owner.lot_full_opt_out),
-            "wechat_openid": owner.wechat_openid, "notify_channel": owner.notify_channel,
+            # sealed like the phone (an openid identifies a person); the plain column only ever holds values
+            # written before it was sealed, and is cleared by the next save
+            "wechat_openid": None, "wechat_openid_enc": s.seal_or_none("owners.wechat_openid_enc", owner.id,
+                                                                      owner.wechat_openid),
+            "notify_channel": owner.notify_channel,
             "created_at": _to_db(owner.created_at), "version": owner.version,
         }
         try:
@@ -530,7 +536,8 @@ class _Owners:
             plates=tuple(self._plates.decode(bidx, token) for bidx, token in row["plates"]),
             balance=Money(row["balance_fen"]),
             lot_full_opt_out=row["lot_full_opt_out"],
-            wechat_openid=row["wechat_openid"],
+            wechat_openid=(s.unseal("owners.wechat_openid_enc", oid, row["wechat_openid_enc"])
+                           if row["wechat_openid_enc"] is not None else row["wechat_openid"]),
             notify_channel=row["notify_channel"],
         )
 

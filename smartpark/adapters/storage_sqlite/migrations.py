@@ -392,6 +392,11 @@ _V6_OUTBOX_BODY_SEALED = """
 ALTER TABLE outbox ADD COLUMN body_enc TEXT;
 """
 
+# An owner's WeChat openid identifies a person: sealed like the phone (existing values move on the next save).
+_V7_OWNER_OPENID_SEALED = """
+ALTER TABLE owners ADD COLUMN wechat_openid_enc TEXT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1_INITIAL_SCHEMA),
     Migration(2, "parking: sessions, orders, decisions, blocklist, devices, lot state", _V2_PARKING),
@@ -399,6 +404,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "decisions: look a read event up by lane and event id", _V4_READ_EVENTS),
     Migration(5, "owners: the first notification channel", _V5_OWNER_NOTIFY_CHANNEL),
     Migration(6, "outbox: the message body sealed", _V6_OUTBOX_BODY_SEALED),
+    Migration(7, "owners: the WeChat openid sealed", _V7_OWNER_OPENID_SEALED),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

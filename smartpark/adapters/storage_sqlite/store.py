@@ -344,21 +344,23 @@ class _Plates:
 class _Owners:
     _SELECT = (
         "SELECT o.id, o.name, o.id_number_enc, o.phone_enc, o.balance_fen, o.lot_full_opt_out, o.wechat_openid,"
-        " o.notify_channel, o.created_at, o.version,"
+        " o.wechat_openid_enc, o.notify_channel, o.created_at, o.version,"
         " (SELECT json_group_array(json_array(p.position, p.plate_bidx, p.plate_enc))"
         "  FROM plates p WHERE p.owner_id = o.id) AS plates"
         " FROM owners o"
     )
     _INSERT = (
         "INSERT INTO owners (id, name, id_number_enc, id_number_bidx, phone_enc, phone_bidx, balance_fen,"
-        " lot_full_opt_out, wechat_openid, notify_channel, created_at, version)"
+        " lot_full_opt_out, wechat_openid, wechat_openid_enc, notify_channel, created_at, version)"
         " VALUES (:id, :name, :id_number_enc, :id_number_bidx, :phone_enc, :phone_bidx, :balance_fen,"
-        " :lot_full_opt_out, :wechat_openid, :notify_channel, :created_at, :version)"
+        " :lot_full_opt_out, :wechat_openid, :wechat_openid_enc,"
+        " :notify_channel, :created_at, :version)"
     )
     _UPDATE = (
         "UPDATE owners SET name = :name, id_number_enc = :id_number_enc, id_number_bidx = :id_number_bidx,"
         " phone_enc = :phone_enc, phone_bidx = :phone_bidx, balance_fen = :balance_fen,"
         " lot_full_opt_out = :lot_full_opt_out, wechat_openid = :wechat_openid,"
+        " wechat_openid_enc = :wechat_openid_enc,"
         " notify_channel = :notify_channel, version = version + 1"
         " WHERE id = :id AND version = :version"
     )
@@ -418,7 +420,11 @@ class _Owners:
             "phone_enc": s.seal("owners.phone_enc", owner.id, owner.phone),
             "phone_bidx": s.blind_index("phone", owner.phone),
             "balance_fen": owner.balance.fen, "lot_full_opt_out": int(owner.lot_full_opt_out),
-            "wechat_openid": owner.wechat_openid, "notify_channel": owner.notify_channel,
+            # sealed like the phone (an openid identifies a person); the plain column only ever holds values
+            # written before it was sealed, and is cleared by the next save
+            "wechat_openid": None, "wechat_openid_enc": s.seal_or_none("owners.wechat_openid_enc", owner.id,
+                                                                      owner.wechat_openid),
+            "notify_channel": owner.notify_channel,
             "created_at": _to_db(owner.created_at), "version": owner.version,
         }
         try:
@@ -449,7 +455,8 @@ class _Owners:
             plates=tuple(self._plates.decode(bidx, token) for _, bidx, token in plates),
             balance=Money(row["balance_fen"]),
             lot_full_opt_out=bool(row["lot_full_opt_out"]),
-            wechat_openid=row["wechat_openid"],
+            wechat_openid=(s.unseal("owners.wechat_openid_enc", oid, row["wechat_openid_enc"])
+                           if row["wechat_openid_enc"] is not None else row["wechat_openid"]),
             notify_channel=row["notify_channel"],
         )
 
