@@ -116,6 +116,32 @@ class HikvisionMqttRelayTests(unittest.TestCase):
             self.publish(KEEPALIVE)
             eventually(self.heard, 0.05)
 
+    def test_events_wait_for_a_returning_instance_only_within_its_session_expiry(self):
+        """``session_expiry_s`` is what the broker honours: an event published while the recognizer was away
+        is delivered when it returns within the expiry, and dropped with the session after it."""
+        self.rec.stop()  # the default expiry (3600 s): the event waits in the session
+        self.publish(CN_CAPTURE)
+        back = build(str(self.data_dir), self.clock, mqtt={
+            "enabled": True, "host": BROKER.host, "port": BROKER.port, "client_id": self.client_id,
+            "topic": f"{self.prefix}/cameras/{{camera}}/events", "session_expiry_s": 1})
+        sink = RecordingSink()
+        back.start(sink)
+        self.addCleanup(back.stop)
+        (read,) = sink.wait_for_reads(1, WAIT_S)
+        self.assertEqual(str(read.plate), "苏A8HK52")
+        back.stop()  # now with a 1 s expiry: away for longer, and the next event is gone with the session
+        time.sleep(2.5)
+        self.publish(CN_CAPTURE.replace(CN_UUID, b"00000000-0000-0000-0000-00000000e0e1"))
+        again = build(str(self.data_dir), self.clock, mqtt={
+            "enabled": True, "host": BROKER.host, "port": BROKER.port, "client_id": self.client_id,
+            "topic": f"{self.prefix}/cameras/{{camera}}/events", "session_expiry_s": 1})
+        late = RecordingSink()
+        again.start(late)
+        self.addCleanup(again.stop)
+        self.assertTrue(again.wait_ready(WAIT_S))
+        time.sleep(1.0)
+        self.assertEqual(late.reads, [], "an event published after the session expired must not arrive")
+
     def test_the_cn_capture_relayed_as_raw_bytes_becomes_a_read(self):
         self.publish(CN_CAPTURE)
         (read,) = self.sink.wait_for_reads(1, WAIT_S)

@@ -57,6 +57,10 @@ class MqttRelayConfig(_Strict):
     client_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
                                   description="stable id for the persistent session; default derived from data_dir")
     persistent: bool = Field(default=True, description="keep a session so QoS 1 events wait for us while we are away")
+    session_expiry_s: int = Field(
+        default=3600, ge=0, le=7 * 24 * 3600,
+        description="how long the broker keeps the session, and queues QoS 1 events, while this instance is away "
+                    "(a dead instance's events wait in it: see docs/scaling.md)")
     shared_group: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
         description="MQTT v5 shared subscription group: several service instances with the same group share the "

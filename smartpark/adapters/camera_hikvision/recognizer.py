@@ -409,7 +409,8 @@ class HikvisionRecognizer:
 
         m = self.config.mqtt
         settings = BrokerSettings(host=m.host, port=m.port, username=m.username,
-                                  password=m.password.get_secret_value() if m.password else None)
+                                  password=m.password.get_secret_value() if m.password else None,
+                                  session_expiry=m.session_expiry_s)
         client_id = m.client_id or "smartpark-hik-" + hashlib.sha256(
             f"{socket.gethostname()}|{self.data_dir.resolve()}".encode()).hexdigest()[:12]
         conn = MqttConnection(settings, client_id, on_status=self._mqtt_status, persistent=m.persistent,
