@@ -333,6 +333,10 @@ class ParkingService:
             return _Step(d, events, False)
 
         inside = uow.sessions.open_by_plate(plate)
+        if inside is None:
+            # The lookup locks the car's open stay: it may have waited for another instance ending that stay
+            # (this car's exit). Read the time after it, so a new stay never starts before the last one ended.
+            now = max(now, self._clock.now())
         if inside is not None:
             if inside.entry_lane == lane.id and now - inside.entered_at <= self.rules.repeat_window:
                 d = self._decide(uow, now, lane, plate, raw, Outcome.OPEN, "repeat_read",

@@ -460,11 +460,12 @@ class TwoInstancesTest(unittest.TestCase):
         problems["stays closed by two reads"] += [x for x, e in closed_by.items() if len(e) > 1]
         problems["stays not opened by exactly one read"] += [x[0] for x in sessions if len(opened_by[x[0]]) != 1]
 
-        # each plate's stays: one after the other, at most one open. A decision's time is read from the clock
-        # before its transaction looks at the plate, and a batch's transaction may wait for a row lock held by the
-        # other instance: when two instances decide one car's exit and its next entry close together, the entry
-        # may carry a time before the exit it saw committed (measured here: up to 0.23 s). The schema's
-        # one-open-stay-per-plate index makes a real overlap impossible; CLOCK_SLACK allows for the timestamps
+        # each plate's stays: one after the other, at most one open. Two instances decide one car's reads
+        # concurrently (and a dead instance's reads are decided late, from its session), so a stay may carry an
+        # entry time a little before the exit time of the stay it follows (measured here: up to 0.23 s; an entry
+        # now takes its time after the lock on the car's open stay, which removed the lock-wait cause but not
+        # every one). The schema's one-open-stay-per-plate index makes a real overlap impossible; CLOCK_SLACK
+        # allows for the timestamps
         slack: list[float] = []
         by_plate: dict[str, list[tuple]] = defaultdict(list)
         for x in sessions:
