@@ -39,7 +39,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -49,7 +48,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -60,7 +58,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .loopback import LoopbackHTTPServer, serve, shut
+from .loopback import LoopbackHandler, LoopbackHTTPServer, serve, shut
 
 __all__ = ["AlipaySandbox", "Delivery", "GatewayCall", "KeyPair", "SandboxOrder", "main"]
 
@@ -659,17 +657,8 @@ class AlipaySandbox:
                      "notify_url": o.notify_url} for o in self.orders.values()]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     owner: AlipaySandbox
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        super().setup()
-        # headers and body leave in two writes: without TCP_NODELAY each reply waits on a delayed ACK (~40 ms)
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass
 
     def _send(self, status: int, body: bytes, content_type: str = "text/html;charset=utf-8") -> None:
         self.send_response(status)
@@ -683,8 +672,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             pairs = parse_qsl(parts.query, keep_blank_values=True, encoding="utf-8", errors="strict")
             if self.command == "POST":
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
+                raw = self.read_body()
                 if raw:
                     pairs += parse_qsl(raw.decode("utf-8"), keep_blank_values=True, encoding="utf-8",
                                        errors="strict")

@@ -44,7 +44,6 @@ import random
 import re
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
@@ -53,12 +52,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
 from zoneinfo import ZoneInfo
 
-from .loopback import LoopbackHTTPServer, serve, shut
+from .loopback import LoopbackHandler, LoopbackHTTPServer, serve, shut
 
 __all__ = ["AliyunSmsSandbox", "SandboxSms", "main", "mask_phone"]
 
@@ -207,7 +205,6 @@ class AliyunSmsSandbox:
         self.requests = 0  # HTTP requests received
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
 
     # -- life cycle --------------------------------------------------------------------------------------
     def start(self) -> AliyunSmsSandbox:
@@ -223,15 +220,8 @@ class AliyunSmsSandbox:
     def stop(self) -> None:
         """Stop serving, release hung requests and close kept-alive connections."""
         self._stopping.set()  # releases hung requests
-        shut(self._server, self._thread)
+        shut(self._server, self._thread)  # also cuts the kept-alive connections
         self._server = self._thread = None
-        with self._lock:
-            connections, self._connections = list(self._connections), set()
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def __enter__(self) -> AliyunSmsSandbox:
         return self.start() if self._server is None else self
@@ -589,29 +579,12 @@ class _Server(LoopbackHTTPServer):
     block_on_close = False
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     owner: AliyunSmsSandbox
-    protocol_version = "HTTP/1.1"
     server_version = "AliyunSmsSandbox/1.0"
 
-    def setup(self) -> None:
-        super().setup()
-        # headers and body leave in two writes: without this, Nagle and the client's delayed ACK add 40 ms a reply
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.owner._lock:
-            self.owner._connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.owner._lock:
-            self.owner._connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self.read_body()
         try:
             reply = self.owner.handle(self.command, self.path, self.headers, body)
         except ConnectionAbortedError:
@@ -631,8 +604,6 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = _serve
     do_GET = _serve
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        pass  # request lines carry phone numbers: stay quiet
 
 
 # -- standalone ------------------------------------------------------------------------------------------------

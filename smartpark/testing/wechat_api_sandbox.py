@@ -37,18 +37,16 @@ import random
 import re
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .loopback import LoopbackHTTPServer, serve, shut
+from .loopback import LoopbackHandler, LoopbackHTTPServer, serve, shut
 
 __all__ = ["SandboxTemplateMessage", "WeChatApiSandbox", "main", "mask_openid"]
 
@@ -164,7 +162,6 @@ class WeChatApiSandbox:
         self.send_requests = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
 
     # -- life cycle ------------------------------------------------------------------------------------------
     def start(self) -> WeChatApiSandbox:
@@ -180,15 +177,8 @@ class WeChatApiSandbox:
     def stop(self) -> None:
         """Stop serving, release hung requests and close kept-alive connections."""
         self._stopping.set()
-        shut(self._server, self._thread)
+        shut(self._server, self._thread)  # also cuts the kept-alive connections
         self._server = self._thread = None
-        with self._lock:
-            connections, self._connections = list(self._connections), set()
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def __enter__(self) -> WeChatApiSandbox:
         return self.start() if self._server is None else self
@@ -416,29 +406,12 @@ class _Server(LoopbackHTTPServer):
     block_on_close = False
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     owner: WeChatApiSandbox
-    protocol_version = "HTTP/1.1"
     server_version = "WeChatApiSandbox/1.0"
 
-    def setup(self) -> None:
-        super().setup()
-        # headers and body leave in two writes: without this, Nagle and the client's delayed ACK add 40 ms a reply
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.owner._lock:
-            self.owner._connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.owner._lock:
-            self.owner._connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self.read_body()
         try:
             status, reply = self.owner.handle(self.command, self.path, body)
         except ConnectionAbortedError:
@@ -457,8 +430,6 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = _serve
     do_POST = _serve
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass  # request lines carry the secret (/cgi-bin/token) and access tokens
 
 
 # -- standalone -----------------------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ import logging
 import re
 import secrets
 import signal
-import socket
 import string
 import sys
 import tempfile
@@ -53,7 +52,6 @@ import urllib.request
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -64,7 +62,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .loopback import LoopbackHTTPServer, serve, shut
+from .loopback import LoopbackHandler, LoopbackHTTPServer, serve, shut
 
 __all__ = ["Delivery", "SIGNATURE_TYPE", "WeChatPaySandbox", "main"]
 
@@ -741,22 +739,15 @@ class WeChatPaySandbox:
         }
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     owner: WeChatPaySandbox
-    protocol_version = "HTTP/1.1"
     server_version = "wechatpay-sandbox"
-
-    def setup(self) -> None:
-        super().setup()
-        # headers and body leave in two writes: without this, Nagle + delayed ACK add ~40 ms per reply
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         log.debug("sandbox: " + format, *args)
 
     def _serve(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
+        body = self.read_body()
         owner = self.owner
         try:
             status, payload = owner._handle(method, self.path, self.headers, body)

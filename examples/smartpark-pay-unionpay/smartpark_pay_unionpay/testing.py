@@ -20,7 +20,6 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,7 +28,7 @@ import attrs
 import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from smartpark.testing.loopback import LoopbackHTTPServer, serve, shut
+from smartpark.testing.loopback import LoopbackHandler, LoopbackHTTPServer, serve, shut
 
 from . import protocol as p
 
@@ -326,9 +325,8 @@ class UnionPayLoopback:
                 p.SIGNATURE_HEADER: p.sign_reply(self._key, p.reply_message(stamp, nonce, body))}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LoopbackHandler):
     provider: UnionPayLoopback
-    protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._serve("GET")
@@ -337,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("POST")
 
     def _serve(self, method: str) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = self.read_body()
         if method == "GET" and self.path.startswith("/q/"):  # the payer's phone, not the merchant: unsigned
             self._scan(self.path[3:])
             return
@@ -366,9 +364,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
         self.wfile.write(out)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet in tests
-        pass
 
 
 def _json(body: bytes) -> dict[str, Any]:
