@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import getpass
+import importlib
 import json
 import os
 import shutil
@@ -1274,29 +1275,30 @@ def _setup_logging(debug: bool) -> None:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _service_frontend(a: App) -> tuple[Any, str | None]:
-    """The "service" frontend: as enabled in plugins.toml, else built anyway (and the second value says so)."""
-    frontends = a.frontends
-    if "service" in frontends:
-        return frontends["service"], None
-    settings = a.config.plugins.settings("service")
-    how = "[plugins.service] 中的设置" if settings else "默认设置"
-    how_en = "the settings under [plugins.service]" if settings else "its default settings"
-    plugins = a.plugins
-    if "service" in plugins.available():
-        config = plugins.validate_settings("service", settings)
-        frontend = plugins.build("service", config, a.container.context())
-        return frontend, (f"plugins.toml 的 [plugins] enabled 中没有 service，已按{how}启动 / "
-                          f"service is not enabled in plugins.toml; started with {how_en}")
-    from .adapters import service as service_plugin  # installed without its entry point (a source checkout)
+def _frontend(a: App, name: str, module: str, factory: str) -> tuple[Any, str | None]:
+    """The frontend plugin ``name``: as enabled in plugins.toml, else built anyway (and the second value says so).
 
+    ``module``/``factory`` build it when the plugin has no entry point (a source checkout not installed)."""
+    frontends = a.frontends
+    if name in frontends:
+        return frontends[name], None
+    settings = a.config.plugins.settings(name)
+    how = f"[plugins.{name}] 中的设置" if settings else "默认设置"
+    how_en = f"the settings under [plugins.{name}]" if settings else "its default settings"
+    plugins = a.plugins
+    if name in plugins.available():
+        config = plugins.validate_settings(name, settings)
+        return plugins.build(name, config, a.container.context()), (
+            f"plugins.toml 的 [plugins] enabled 中没有 {name}，已按{how}启动 / "
+            f"{name} is not enabled in plugins.toml; started with {how_en}")
+    plugin = importlib.import_module(module)
     try:
-        config = service_plugin.Config.model_validate(settings)
+        config = plugin.Config.model_validate(settings)
     except Exception as e:  # noqa: BLE001 - pydantic's error, shown as a config error
-        raise ConfigError(f"插件 service 的设置有误：{e}", f"plugin service: invalid settings: {e}") from None
-    return service_plugin.ServiceFrontend(config), (
-        f"service 插件未通过入口点注册（请重新安装 smartpark），已按{how}直接启动 / "
-        f"the service plugin has no entry point (reinstall smartpark); started directly with {how_en}")
+        raise ConfigError(f"插件 {name} 的设置有误：{e}", f"plugin {name}: invalid settings: {e}") from None
+    return getattr(plugin, factory)(config), (
+        f"{name} 插件未通过入口点注册（请重新安装 smartpark），已按{how}直接启动 / "
+        f"the {name} plugin has no entry point (reinstall smartpark); started directly with {how_en}")
 
 
 @app.command("serve")
@@ -1313,7 +1315,7 @@ def serve_cmd(
     st = _state(ctx)
     _setup_logging(st.debug)
     a = st.app
-    frontend, note = _service_frontend(a)
+    frontend, note = _frontend(a, "service", "smartpark.adapters.service", "ServiceFrontend")
     if note:
         _note(note)
     stopped_by = frontend.run(a, host=host, port=port)
@@ -1710,29 +1712,6 @@ def camera_sim_cmd(
 
 
 # -- the attendant booth ---------------------------------------------------------------------------
-def _booth_frontend(a: App) -> tuple[Any, str | None]:
-    """The "ui_tk" frontend: as enabled in plugins.toml, else built anyway (and the second value says so)."""
-    frontends = a.frontends
-    if "ui_tk" in frontends:
-        return frontends["ui_tk"], None
-    settings = a.config.plugins.settings("ui_tk")
-    how = "[plugins.ui_tk] 中的设置" if settings else "默认设置"
-    how_en = "the settings under [plugins.ui_tk]" if settings else "its default settings"
-    plugins = a.plugins
-    if "ui_tk" in plugins.available():
-        config = plugins.validate_settings("ui_tk", settings)
-        return plugins.build("ui_tk", config, a.container.context()), (
-            f"plugins.toml 的 [plugins] enabled 中没有 ui_tk，已按{how}启动 / "
-            f"ui_tk is not enabled in plugins.toml; started with {how_en}")
-    from .adapters import ui_tk as ui_plugin  # installed without its entry point (a source checkout)
-
-    try:
-        config = ui_plugin.Config.model_validate(settings)
-    except Exception as e:  # noqa: BLE001 - pydantic's error, shown as a config error
-        raise ConfigError(f"插件 ui_tk 的设置有误：{e}", f"plugin ui_tk: invalid settings: {e}") from None
-    return ui_plugin.BoothFrontend(config), (
-        f"ui_tk 插件未通过入口点注册（请重新安装 smartpark），已按{how}直接启动 / "
-        f"the ui_tk plugin has no entry point (reinstall smartpark); started directly with {how_en}")
 
 
 @app.command("ui")
@@ -1753,7 +1732,7 @@ def ui_cmd(
         raise ConfigError("没有图形显示（DISPLAY 未设置），无法打开岗亭界面", "no display (DISPLAY is not set); "
                           "the booth needs a graphical session")
     a = st.app
-    frontend, note = _booth_frontend(a)
+    frontend, note = _frontend(a, "ui_tk", "smartpark.adapters.ui_tk", "BoothFrontend")
     if note:
         _note(note)
     changes = {k: v for k, v in (("fullscreen", fullscreen), ("start_runtime", devices)) if v is not None}
