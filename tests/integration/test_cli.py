@@ -92,6 +92,19 @@ class CliCase(unittest.TestCase):
         return match.group(1)
 
 
+class FrontendFallbackTest(CliCase):
+    def test_a_frontend_not_enabled_is_built_anyway_and_the_note_says_so(self) -> None:
+        from smartpark.bootstrap import bootstrap
+
+        with bootstrap(self.config) as app:
+            for name, module, factory in (("service", "smartpark.adapters.service", "ServiceFrontend"),
+                                          ("ui_tk", "smartpark.adapters.ui_tk", "BoothFrontend")):
+                frontend, note = cli._frontend(app, name, module, factory)
+                self.assertEqual(type(frontend).__name__, factory)
+                self.assertIn(f"enabled 中没有 {name}，已按默认设置启动", note)
+                self.assertIn(f"{name} is not enabled in plugins.toml", note)
+
+
 class InitTest(CliCase):
     initialise = False
 
