@@ -9,8 +9,6 @@ for any provider by name: ``clock``, ``store``, ``keyring``, ``plugins``, ...
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
@@ -108,19 +106,19 @@ def _tariffs(c: AppConfig) -> TariffSet:
 
 
 def _links(keyring: KeyRing, rules: GateRules) -> RegistrationLinks:
-    key = hmac.new(keyring.audit_key, b"smartpark registration links v1", hashlib.sha256).digest()
+    key = keyring.purpose_key(b"smartpark registration links v1")
     return RegistrationLinks(key, rules.public_url, rules.registration_ttl)
 
 
 def _receipts(store: Any, clock: Any, keyring: KeyRing, c: AppConfig) -> ReceiptService:
     """Receipt verification codes: an HMAC key of their own, derived like the links' key (never the data key)."""
-    key = hmac.new(keyring.audit_key, b"smartpark receipts v1", hashlib.sha256).digest()
+    key = keyring.purpose_key(b"smartpark receipts v1")
     return ReceiptService(store, clock, key, c.lot.name, c.gate.public_url, timezone=c.lot.timezone)
 
 
 def _owner_login(store: Any, clock: Any, keyring: KeyRing, policy: NotifyPolicy) -> OwnerLoginService:
     """The owners' page sign-in (SMS codes, sessions): an HMAC key of its own, derived like the receipts' key."""
-    key = hmac.new(keyring.audit_key, b"smartpark owner login v1", hashlib.sha256).digest()
+    key = keyring.purpose_key(b"smartpark owner login v1")
     return OwnerLoginService(store, clock, key, policy)
 
 

@@ -183,6 +183,11 @@ class KeyRing:
         """HMAC key of the audit hash chain."""
         return self._audit_key
 
+    def purpose_key(self, label: bytes) -> bytes:
+        """A key of its own for one purpose (registration links, receipt codes, owner sign-in), derived from the
+        audit key: ``HMAC-SHA256(audit_key, label)``. Like the audit key it survives a rotation of the data key."""
+        return hmac.new(self._audit_key, label, hashlib.sha256).digest()
+
     @property
     def index_fingerprint(self) -> str:
         """Identifies the index key without revealing it; a store records it and refuses a ring that differs."""

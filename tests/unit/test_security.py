@@ -230,3 +230,13 @@ class TestRotation(unittest.TestCase):
     def test_key_ids_cannot_be_reused(self) -> None:
         with self.assertRaises(ValueError):
             self.ring.add_key("k1", KEY_B)
+
+
+class TestPurposeKeys(unittest.TestCase):
+    def test_one_key_per_purpose_stable_and_apart_from_the_audit_key(self) -> None:
+        ring = KeyRing.generate()
+        links, receipts = ring.purpose_key(b"smartpark registration links v1"), ring.purpose_key(b"smartpark receipts v1")
+        self.assertEqual(len(links), 32)
+        self.assertEqual(links, ring.purpose_key(b"smartpark registration links v1"))
+        self.assertEqual(len({links, receipts, ring.audit_key}), 3)
+        self.assertNotEqual(links, KeyRing.generate().purpose_key(b"smartpark registration links v1"))
